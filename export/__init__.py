@@ -1,0 +1,1 @@
+"""Export of the heavy networks to ONNX and TensorRT engines."""

@@ -1,0 +1,1 @@
+"""visa-edge runtime: models, loaders, backends, trackers, streaming and CLI."""

@@ -1,0 +1,119 @@
+"""Reading Hugging Face ``save_pretrained`` weight folders and matching them to modules.
+
+A folder holds one of: ``model.safetensors``, ``model.safetensors.index.json`` + shards,
+``pytorch_model.bin``, ``pytorch_model.bin.index.json`` + shards. Every failure names the
+file and what was expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The weight files of a checkpoint folder, shards resolved through the index."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found")
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [path]
+        try:
+            index = json.loads(path.read_text())
+            shards = sorted(set(index["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{path}: not a valid weight index (expected a JSON object with 'weight_map')") from e
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: shard(s) listed in the index are missing from {folder}: {missing}")
+        return [folder / s for s in shards]
+    raise CheckpointError(f"{folder}: no weights found; expected one of {list(WEIGHT_FILES)}")
+
+
+def load_file(path: Path) -> dict[str, torch.Tensor]:
+    """Load one weight file (safetensors or a torch zip pickle) onto the CPU."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file as load_safetensors
+
+            return load_safetensors(str(path), device="cpu")
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # corrupt or truncated file: report which one
+        raise CheckpointError(f"{path}: could not be read as a weight file ({type(e).__name__}: {e})") from e
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}")
+    return dict(sd)
+
+
+def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder, merged over its shards."""
+    merged: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        merged.update(load_file(path))
+    return merged
+
+
+def check_keys(
+    source: str,
+    provided: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Size | tuple[int, ...]],
+    what: str,
+) -> None:
+    """Raise a CheckpointError listing missing keys, unexpected keys and shape mismatches."""
+    missing = sorted(set(expected) - set(provided))
+    unexpected = sorted(set(provided) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(provided[k].shape)} vs model {tuple(expected[k])}"
+        for k in sorted(set(provided) & set(expected))
+        if tuple(provided[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_clip_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_clip_list(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch ({len(mismatched)}): {_clip_list(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source}: {what} does not match the checkpoint; " + "; ".join(problems))
+
+
+def _clip_list(items: Iterable[str], limit: int = 20) -> str:
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' info/progress output and deprecation warnings while loading."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()

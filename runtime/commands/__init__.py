@@ -1,0 +1,1 @@
+"""Subcommands of the ``visa-edge`` CLI that belong to the runtime."""

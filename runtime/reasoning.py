@@ -1,0 +1,130 @@
+"""The reasoning step: reference frames + target frame + query -> target-frame mask.
+
+CLIP+clustering tokens per frame -> one LLaMA prefill -> [SEG] state -> ``text_hidden_fcs``
+-> SAM encoder on the target -> [SEG]-prompted mask decoder -> logits at frame size.
+The heavy networks run behind ``Engine``s, so the same step runs on PyTorch, ONNX Runtime
+or TensorRT.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import sam
+from .backends import Engine
+from .errors import InputError
+from .llm import expand_image_tokens, seg_hidden_states
+from .model import VisaModel
+from .networks import REASONING_NETWORKS, torch_engines
+from .prompt import MAX_REFERENCES
+
+
+@dataclass
+class ReasoningResult:
+    """Outputs of one reasoning step for the target frame."""
+
+    mask: np.ndarray  # uint8 [H,W], 1 = object (logits > 0)
+    logits: np.ndarray  # float32 [H,W] mask logits at frame size
+    low_res_logits: torch.Tensor  # [1,1,256,256]
+    seg_hidden: torch.Tensor  # [1,H] LLM state before [SEG]
+    seg_embedding: torch.Tensor  # [1,256] text_hidden_fcs output
+    iou: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage (synchronising CUDA so GPU work is counted)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = timer.now()
+
+            def __exit__(self, *exc):
+                timer.timings[name] = timer.timings.get(name, 0.0) + timer.now() - self.t0
+
+        return _Stage()
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+class ReasoningStep:
+    """Runs VISA's reasoning on frames with the networks behind ``engines`` (PyTorch by default)."""
+
+    def __init__(self, model: VisaModel, engines: Mapping[str, Engine] | None = None):
+        self.model = model
+        self.engines = dict(torch_engines(model)) if engines is None else dict(engines)
+        missing = sorted(set(REASONING_NETWORKS) - set(self.engines))
+        if missing:
+            raise InputError(f"engines: missing network(s) {missing}; expected {sorted(REASONING_NETWORKS)}")
+        self.device = model.device
+
+    def clip_pixels(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.stack([self.model.clip_preprocess(f) for f in frames]).to(self.device)
+
+    def visual_tokens(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """Projected visual tokens [N,112,H] of each frame (cacheable per frame)."""
+        pixels = self.clip_pixels(frames)
+        return self.engines["visual_tokens"].run({"pixel_values": pixels})["visual_tokens"]
+
+    def __call__(
+        self, frames: Sequence[np.ndarray], query: str, frame_tokens: torch.Tensor | None = None
+    ) -> ReasoningResult:
+        """Reason on ``frames`` = references in temporal order followed by the target.
+
+        With a single frame it is both the only reference and the target (VISA with one
+        image token). ``frame_tokens`` ([N,112,H], one per frame) skips the visual encoder.
+        """
+        if not frames:
+            raise InputError("frames: none given; expected 1 to 12 frames (references..., target)")
+        if len(frames) > MAX_REFERENCES + 1:
+            raise InputError(f"frames: {len(frames)} given; expected at most {MAX_REFERENCES} references + 1 target")
+        for i, f in enumerate(frames):
+            sam.check_rgb(f, f"frame {i}")
+        timer = StageTimer(self.device)
+        m = self.model
+        with torch.inference_mode():
+            if frame_tokens is None:
+                with timer.stage("visual_tokens"):
+                    frame_tokens = self.visual_tokens(frames)
+            elif frame_tokens.shape[0] != len(frames):
+                raise InputError(f"frame_tokens: {frame_tokens.shape[0]} rows for {len(frames)} frames")
+            refs = frame_tokens[:-1] if len(frames) > 1 else frame_tokens
+            image_tokens = torch.cat([refs, frame_tokens[-1:]], 0)
+            with timer.stage("llm_prefill"):
+                ids = m.prompt(query, image_tokens.shape[0] - 1)
+                embeds, positions = expand_image_tokens(ids, image_tokens, m.llm.get_input_embeddings(), m.prompt.seg_token_id)
+                hidden = seg_hidden_states(m.llm, embeds, positions[:1])
+            with timer.stage("seg_head"):
+                seg = m.text_hidden_fcs(hidden.to(m.mm_projector.weight.dtype))
+            target = frames[-1]
+            with timer.stage("sam_encoder"):
+                image, resized = sam.preprocess(target)
+                emb = self.engines["sam_encoder"].run({"image": image[None].to(self.device, seg.dtype)})["image_embeddings"]
+            with timer.stage("mask_decoder"):
+                out = self.engines["mask_decoder"].run({"image_embeddings": emb, "seg_embeddings": seg})
+            with timer.stage("postprocess"):
+                logits = sam.postprocess(out["low_res_logits"], resized, target.shape[:2])[0].cpu().numpy()
+        return ReasoningResult(
+            mask=(logits > 0).astype(np.uint8),
+            logits=logits,
+            low_res_logits=out["low_res_logits"].float().cpu(),
+            seg_hidden=hidden.float().cpu(),
+            seg_embedding=seg.float().cpu(),
+            iou=float(out["iou"].reshape(-1)[0]),
+            timings=timer.timings,
+        )
