@@ -130,7 +130,7 @@ class VisaModel(nn.Module):
             )
         model = cls(config, prompt, ClipPreprocess.from_folder(clip), tower, projector, llm, head, sam, quantization)
         model.clustering.to(device)
-        return model.eval()
+        return model.eval().requires_grad_(False)
 
 
 def split_state_dict(sd: dict[str, torch.Tensor], source: str) -> dict[str, dict[str, torch.Tensor]]:

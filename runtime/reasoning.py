@@ -72,9 +72,10 @@ class ReasoningStep:
         if missing:
             raise InputError(f"engines: missing network(s) {missing}; expected {sorted(REASONING_NETWORKS)}")
         self.device = model.device
+        self.dtype = model.mm_projector.weight.dtype
 
     def clip_pixels(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
-        return torch.stack([self.model.clip_preprocess(f) for f in frames]).to(self.device)
+        return torch.stack([self.model.clip_preprocess(f) for f in frames]).to(self.device, self.dtype)
 
     def visual_tokens(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         """Projected visual tokens [N,112,H] of each frame (cacheable per frame)."""
@@ -110,11 +111,11 @@ class ReasoningStep:
                 embeds, positions = expand_image_tokens(ids, image_tokens, m.llm.get_input_embeddings(), m.prompt.seg_token_id)
                 hidden = seg_hidden_states(m.llm, embeds, positions[:1])
             with timer.stage("seg_head"):
-                seg = m.text_hidden_fcs(hidden.to(m.mm_projector.weight.dtype))
+                seg = m.text_hidden_fcs(hidden.to(self.dtype))
             target = frames[-1]
             with timer.stage("sam_encoder"):
                 image, resized = sam.preprocess(target)
-                emb = self.engines["sam_encoder"].run({"image": image[None].to(self.device, seg.dtype)})["image_embeddings"]
+                emb = self.engines["sam_encoder"].run({"image": image[None].to(self.device, self.dtype)})["image_embeddings"]
             with timer.stage("mask_decoder"):
                 out = self.engines["mask_decoder"].run({"image_embeddings": emb, "seg_embeddings": seg})
             with timer.stage("postprocess"):

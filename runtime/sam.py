@@ -171,6 +171,21 @@ def check_rgb(frame: np.ndarray, what: str) -> None:
         raise InputError(f"{what}: expected an RGB uint8 array of shape (H, W, 3), got {desc}")
 
 
+def dense_positional_encoding(gaussian: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """SAM's random-Fourier encoding of the embedding grid [1, 2*F, H, W], computed in float32.
+
+    Cell centres ``((col+0.5)/W, (row+0.5)/H)`` mapped to [-1, 1], projected by the gaussian
+    matrix [2,F], times 2*pi, then [sin, cos]. (SAM's own code would round the grid to the
+    matrix dtype in fp16/bf16; float32 keeps the constant exact.)
+    """
+    h, w = grid
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    coords = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # [H,W,2] as (x, y)
+    proj = (2 * coords - 1) @ gaussian.float().to(coords.device) * (2 * torch.pi)
+    return torch.cat([proj.sin(), proj.cos()], dim=-1).permute(2, 0, 1).unsqueeze(0)
+
+
 class SamImageEncoder(nn.Module):
     """Padded image [B,3,1024,1024] -> image embeddings [B,256,64,64]."""
 
@@ -197,10 +212,10 @@ class SegMaskDecoder(nn.Module):
         self.decoder = mask_decoder
         with torch.no_grad():
             dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-            pe = prompt_encoder.get_dense_pe()
-        grid = pe.shape[-2:]
+            grid = tuple(prompt_encoder.image_embedding_size)
+            pe = dense_positional_encoding(prompt_encoder.pe_layer.positional_encoding_gaussian_matrix, grid)
         self.register_buffer("dense", dense.expand(1, -1, *grid).clone(), persistent=False)
-        self.register_buffer("image_pe", pe.clone(), persistent=False)
+        self.register_buffer("image_pe", pe.to(dense.dtype), persistent=False)
 
     def forward(self, image_embeddings: torch.Tensor, seg_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.decoder
