@@ -1,0 +1,57 @@
+"""The VISA reasoning step as a streaming ``Reasoner``, with per-frame visual-token caching."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+
+from ..reasoning import ReasoningStep
+from .scheduler import ReasonOutput
+from .sources import Frame
+
+
+class VisaReasoner:
+    """Runs ``ReasoningStep`` on stream frames; each frame's CLIP+clustering tokens are computed
+    once and kept in a bounded LRU cache keyed by frame index (windows overlap heavily)."""
+
+    def __init__(self, step: ReasoningStep, cache_frames: int = 64):
+        self.step = step
+        self.cache_frames = cache_frames
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.encoded = 0  # frames encoded so far (cache misses)
+
+    def reset(self) -> None:
+        """Forget cached tokens (a new stream restarts frame indices)."""
+        with self._lock:
+            self._cache.clear()
+
+    def tokens(self, frames: Sequence[Frame]) -> torch.Tensor:
+        """Visual tokens [N,112,H] of ``frames``, encoding only the ones not cached."""
+        with self._lock:
+            missing = list({f.index: f for f in frames if f.index not in self._cache}.values())
+        if missing:
+            fresh = self.step.visual_tokens([f.image for f in missing])
+            with self._lock:
+                for f, t in zip(missing, fresh):
+                    self._cache[f.index] = t
+                self.encoded += len(missing)
+        with self._lock:
+            out = []
+            for f in frames:
+                self._cache.move_to_end(f.index)
+                out.append(self._cache[f.index])
+            while len(self._cache) > self.cache_frames:
+                self._cache.popitem(last=False)
+        return torch.stack(out)
+
+    def __call__(self, frames: Sequence[Frame], query: str) -> ReasonOutput:
+        t0 = time.perf_counter()
+        tokens = self.tokens(frames)
+        encode_s = time.perf_counter() - t0
+        result = self.step([f.image for f in frames], query, frame_tokens=tokens)
+        return ReasonOutput(result.mask, {"visual_tokens": encode_s, **result.timings})

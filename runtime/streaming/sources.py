@@ -1,0 +1,238 @@
+"""Frame sources: image folder, video file, camera, rosbag2 and an in-process push API.
+
+Every frame carries a monotonic index (0, 1, ...) and its capture timestamp in seconds
+(the media/bag/header time for recorded sources, ``time.time()`` at capture for live ones).
+Live sources (camera, push) can outrun the consumer; their queue is bounded and drops the
+*oldest* frame when full (counted in ``dropped``), so the newest frame is always served.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+from ..io import read_rgb
+from .images import decode_compressed, decode_raw
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera frame."""
+
+    index: int  # monotonic, from 0
+    timestamp: float  # capture time, seconds
+    image: np.ndarray  # RGB uint8 [H,W,3]
+    name: str  # output file stem (source file name, else the zero-padded index)
+
+
+class FrameSource:
+    """Iterable of Frames. ``live`` sources deliver in real time and may drop frames."""
+
+    live = False
+    dropped = 0
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device or file."""
+
+
+class ImageFolderSource(FrameSource):
+    """Images of a folder in name order; timestamps index/fps."""
+
+    def __init__(self, folder: str | Path, fps: float = 30.0):
+        self.folder = Path(folder)
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if self.folder.is_dir() else []
+        if not self.files:
+            raise InputError(f"{self.folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        self.fps = fps
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, path in enumerate(self.files):
+            yield Frame(i, i / self.fps, read_rgb(path), path.stem)
+
+
+class VideoFileSource(FrameSource):
+    """A video file decoded with PyAV (extra [video]); timestamps from the stream's pts."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: video file not found")
+        try:
+            import av
+        except ImportError as e:
+            raise InputError(f"{self.path}: reading video files needs PyAV (pip install 'visa-edge[video]')") from e
+        self._av = av
+        self.fps = self._probe_fps()
+
+    def _probe_fps(self) -> float:
+        with self._av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            return float(stream.average_rate or 30)
+
+    def __iter__(self) -> Iterator[Frame]:
+        try:
+            container = self._av.open(str(self.path))
+        except self._av.error.FFmpegError as e:
+            raise InputError(f"{self.path}: not a readable video ({e})") from e
+        with container:
+            for i, frame in enumerate(container.decode(video=0)):
+                t = float(frame.time) if frame.time is not None else i / self.fps
+                yield Frame(i, t, frame.to_ndarray(format="rgb24"), f"{i:05d}")
+
+
+class RosbagSource(FrameSource):
+    """sensor_msgs/Image or CompressedImage messages of one topic of a rosbag2 (mcap or sqlite3).
+
+    ``topic`` may be omitted when the bag has exactly one image topic. Timestamps are the
+    message header stamps. Messages that cannot be decoded raise InputError naming the topic.
+    """
+
+    def __init__(self, path: str | Path, topic: str | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"{self.path}: rosbag not found")
+        try:
+            from rosbags.highlevel import AnyReader
+        except ImportError as e:
+            raise InputError(f"{self.path}: reading rosbags needs rosbags (pip install 'visa-edge[bag]')") from e
+        self._reader_cls = AnyReader
+        with AnyReader([self._bag_dir()]) as reader:
+            topics = {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_MSGTYPES}
+        if topic is None:
+            if len(topics) != 1:
+                raise InputError(f"{self.path}: {len(topics)} image topics {sorted(topics)}; choose one with --topic")
+            topic = next(iter(topics))
+        elif topic not in topics:
+            raise InputError(f"{self.path}: no image topic {topic!r}; image topics are {sorted(topics)}")
+        self.topic = topic
+
+    def _bag_dir(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def __iter__(self) -> Iterator[Frame]:
+        with self._reader_cls([self._bag_dir()]) as reader:
+            conns = [c for c in reader.connections if c.topic == self.topic]
+            for i, (conn, _, raw) in enumerate(reader.messages(connections=conns)):
+                msg = reader.deserialize(raw, conn.msgtype)
+                stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+                try:
+                    if conn.msgtype.endswith("CompressedImage"):
+                        image = decode_compressed(msg.format, msg.data)
+                    else:
+                        image = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+                except InputError as e:
+                    raise InputError(f"{self.path} {self.topic} message {i}: {e}") from e
+                yield Frame(i, stamp, image, f"{i:05d}")
+
+
+class PushSource(FrameSource):
+    """In-process source fed by ``push`` (e.g. from a ROS callback); bounded, drops the oldest."""
+
+    live = True
+
+    def __init__(self, maxsize: int = 4):
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._lock = threading.Lock()
+        self._next = 0
+        self._closed = threading.Event()
+        self.dropped = 0
+
+    def push(self, image: np.ndarray, timestamp: float | None = None, name: str | None = None) -> Frame:
+        """Queue a frame; returns it with its assigned index."""
+        with self._lock:
+            frame = Frame(self._next, time.time() if timestamp is None else timestamp, image, name or f"{self._next:05d}")
+            self._next += 1
+            while True:
+                try:
+                    self._queue.put_nowait(frame)
+                    return frame
+                except queue.Full:
+                    self._queue.get_nowait()
+                    self.dropped += 1
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while not (self._closed.is_set() and self._queue.empty()):
+            try:
+                yield self._queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+
+class CameraSource(PushSource):
+    """An OpenCV capture device (index or URL) read on its own thread into a bounded queue."""
+
+    def __init__(self, device: int | str = 0, maxsize: int = 4):
+        super().__init__(maxsize)
+        self.capture = cv2.VideoCapture(device)
+        if not self.capture.isOpened():
+            raise InputError(f"camera {device!r}: could not be opened")
+        self._thread = threading.Thread(target=self._read, name="camera", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            ok, bgr = self.capture.read()
+            if not ok:
+                break
+            self.push(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        self._closed.set()
+
+    def close(self) -> None:
+        super().close()
+        self._thread.join(timeout=1)
+        self.capture.release()
+
+
+class Paced(FrameSource):
+    """Plays a recorded source at camera rate (sleeps until each frame's due time), as if live."""
+
+    def __init__(self, source: FrameSource, fps: float):
+        if fps <= 0:
+            raise InputError(f"rate {fps}: expected a positive frame rate")
+        self.source, self.period = source, 1.0 / fps
+
+    def __iter__(self) -> Iterator[Frame]:
+        start = time.monotonic()
+        for frame in self.source:
+            delay = start + frame.index * self.period - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            yield frame
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def open_source(spec: str, topic: str | None = None, fps: float = 30.0) -> FrameSource:
+    """A source from a CLI spec: a folder of images, a video file, a rosbag2 (folder with
+    metadata.yaml, .mcap or .db3), or ``camera:N`` / ``camera:URL``."""
+    if spec.startswith("camera:"):
+        dev = spec[len("camera:") :]
+        return CameraSource(int(dev) if dev.isdigit() else dev)
+    path = Path(spec)
+    if path.suffix.lower() in (".mcap", ".db3") or (path / "metadata.yaml").is_file():
+        return RosbagSource(path, topic)
+    if path.is_dir():
+        return ImageFolderSource(path, fps)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoFileSource(path)
+    raise InputError(f"{spec}: unknown source; expected an image folder, a video file ({', '.join(VIDEO_SUFFIXES)}), "
+                     "a rosbag2 (.mcap, .db3 or folder with metadata.yaml) or camera:N")

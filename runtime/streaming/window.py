@@ -1,0 +1,64 @@
+"""Bounded frame buffer and VISA's reference-frame sampling over a window."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+
+from .sources import Frame
+
+
+def sample_references(n_frames: int, target: int, max_references: int = 11) -> list[int]:
+    """Positions of the reference frames among ``n_frames``, as VISA's evaluation samples them.
+
+    ``step = ceil(n / max_references)``, start at ``target % step``: evenly spread, in
+    temporal order, and always containing the target position.
+    """
+    if not 0 <= target < n_frames:
+        raise ValueError(f"target {target} outside 0..{n_frames - 1}")
+    if max_references == 1:
+        return [target]
+    step = math.ceil(n_frames / max_references)
+    return list(range(target % step, n_frames, step))
+
+
+class FrameBuffer:
+    """The last ``capacity`` frames by index (thread-safe; the oldest is evicted first)."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"buffer capacity {capacity}: expected >= 1")
+        self.capacity = capacity
+        self._frames: OrderedDict[int, Frame] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evicted = 0
+        self.last_evicted = -1  # index of the newest frame evicted so far
+
+    def add(self, frame: Frame) -> None:
+        with self._lock:
+            self._frames[frame.index] = frame
+            while len(self._frames) > self.capacity:
+                self.last_evicted, _ = self._frames.popitem(last=False)
+                self.evicted += 1
+
+    def get(self, index: int) -> Frame | None:
+        with self._lock:
+            return self._frames.get(index)
+
+    def latest(self) -> int | None:
+        with self._lock:
+            return next(reversed(self._frames), None)
+
+    def after(self, index: int) -> list[Frame]:
+        """Buffered frames newer than ``index``, oldest first."""
+        with self._lock:
+            return [f for i, f in self._frames.items() if i > index]
+
+    def window(self, end: int, size: int) -> list[Frame]:
+        """Buffered frames with index in (end - size, end], oldest first."""
+        with self._lock:
+            return [f for i, f in self._frames.items() if end - size < i <= end]
+
+    def __len__(self) -> int:
+        return len(self._frames)
