@@ -10,7 +10,7 @@ import pytest
 from visa_edge.runtime import synthetic
 from visa_edge.runtime.errors import InputError
 from visa_edge.runtime.streaming import Frame, PushSource, ReasonOutput, StreamConfig, StreamingRuntime
-from visa_edge.runtime.streaming.sources import Paced
+from visa_edge.runtime.streaming.sources import FrameListSource, Paced
 from visa_edge.runtime.streaming.window import FrameBuffer, sample_references
 from visa_edge.runtime.tracking import Tracker, TrackOutput
 
@@ -72,23 +72,12 @@ def run(reasoner, config, n, query="the left thing", fps=None, events=None):
         source = frames(n)
         out = []
         start = time.monotonic()
-        for f in (Paced(_List(source), fps) if fps else source):
+        for f in (Paced(FrameListSource(source), fps) if fps else source):
             if events and f.index in events:
                 events[f.index](rt)
             out.append(rt.process(f))
         elapsed = time.monotonic() - start
     return rt, out, elapsed
-
-
-class _List:
-    def __init__(self, items):
-        self.items = items
-
-    def __iter__(self):
-        return iter(self.items)
-
-    def close(self):
-        pass
 
 
 def test_every_frame_gets_exactly_one_mask_in_order():

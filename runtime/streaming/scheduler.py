@@ -20,7 +20,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import numpy as np
@@ -119,7 +119,8 @@ class RuntimeStats:
     catchup_s: deque = field(default_factory=lambda: deque(maxlen=256))
 
     def snapshot(self) -> dict:
-        d = asdict(self)
+        """Plain values (safe to call while the runtime runs: deques are copied, not iterated in Python)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("reasoning_s", "catchup_s"):
             values = list(getattr(self, key))
             d[key] = {"count": len(values), "last": values[-1] if values else None,
@@ -172,6 +173,11 @@ class StreamingRuntime:
             self._retry_at = None
         with self._wake:
             self._pending = None
+
+    @property
+    def reasoning_busy(self) -> bool:
+        """Whether a reasoning step is running or waiting to run (for diagnostics)."""
+        return self._busy or self._pending is not None
 
     def request_reasoning(self) -> None:
         """Force a reasoning step on the next frame (e.g. a ROS service call)."""

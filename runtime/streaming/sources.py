@@ -50,6 +50,16 @@ class FrameSource:
         """Release the device or file."""
 
 
+class FrameListSource(FrameSource):
+    """Frames already in memory (generated clips, tests)."""
+
+    def __init__(self, frames: list[Frame], fps: float = 30.0):
+        self.frames, self.fps = frames, fps
+
+    def __iter__(self) -> Iterator[Frame]:
+        return iter(self.frames)
+
+
 class ImageFolderSource(FrameSource):
     """Images of a folder in name order; timestamps index/fps."""
 

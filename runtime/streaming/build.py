@@ -1,0 +1,48 @@
+"""Assembling a streaming runtime from paths and options (shared by ``visa-edge run`` and the ROS node)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .reasoner import VisaReasoner
+from .scheduler import StreamConfig, StreamingRuntime
+
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Where the model and engines are and how to run them."""
+
+    checkpoint: str  # VISA checkpoint folder (LLM, tokenizer, [SEG] head; also the networks without engines)
+    clip: str  # CLIP folder
+    engines: str | None = None  # engine folder from `visa-edge export` (replaces the PyTorch networks it holds)
+    backend: str | None = None  # engine backend: onnxruntime | tensorrt (default: what the folder was built for)
+    quantization: str | None = None  # None | "nf4" (LLM)
+    device: str = "cpu"
+    dtype: str = "fp32"
+    sam_checkpoint: str | None = None
+    tracker: str = "flow"  # flow | xmem
+    xmem: str | None = None  # XMem.pth for tracker "xmem"
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+
+def build_runtime(cfg: PipelineConfig, query: str = "") -> StreamingRuntime:
+    """Load everything ``cfg`` names and return a running ``StreamingRuntime``."""
+    import torch
+
+    from ..backends.loading import load_engines
+    from ..model import VisaModel
+    from ..networks import REASONING_NETWORKS, torch_engines
+    from ..reasoning import ReasoningStep
+    from ..tracking.factory import tracker_factory
+
+    model = VisaModel.from_pretrained(
+        cfg.checkpoint, clip=cfg.clip, quantization=cfg.quantization, device=cfg.device,
+        dtype={"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.dtype],
+        sam_checkpoint=cfg.sam_checkpoint,
+    )
+    engines = load_engines(cfg.engines, backend=cfg.backend, device=cfg.device) if cfg.engines else {}
+    step = ReasoningStep(model, {**torch_engines(model), **{k: v for k, v in engines.items() if k in REASONING_NETWORKS}})
+    trackers = tracker_factory(cfg.tracker, cfg.xmem, cfg.device, engines)
+    return StreamingRuntime(VisaReasoner(step), trackers, cfg.stream, query=query)
