@@ -1,0 +1,137 @@
+"""The export registry: which networks exist, built from which checkpoints, traced on what.
+
+Each group returns ``ExportNetwork``s (module + ``NetworkSpec`` + example inputs at the
+trace sizes + the checkpoints it depends on); the pipeline exports any list of them the
+same way. Groups:
+
+- :func:`reasoning_networks`: ``visual_tokens`` (CLIP layer -2 + Chat-UniVi clustering +
+  mm_projector in one graph), ``sam_encoder``, ``mask_decoder``;
+- :func:`tracker_networks`: the XMem key encoder, value encoder and decoder from
+  ``runtime/tracking/xmem`` (``XMEM_NETWORKS`` + ``xmem_modules``) at a working size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from visa_edge.runtime import sam, synthetic
+from visa_edge.runtime.backends.base import DimRange
+from visa_edge.runtime.model import VisaModel
+from visa_edge.runtime.networks import REASONING_NETWORKS, NetworkSpec, reasoning_modules
+from visa_edge.runtime.tracking.xmem import XMEM_NETWORKS, XMemModel, frames, xmem_modules
+from visa_edge.runtime.tracking.xmem.modules import HIDDEN_DIM, VALUE_DIM
+
+from .errors import ExportError
+
+
+@dataclass(frozen=True)
+class ExportNetwork:
+    """A network to export: module, signature, example inputs and the sources it comes from.
+
+    ``example_inputs`` hold every dynamic dim at its trace size (:func:`trace_size`);
+    ``sources`` name entries of the export's source hashes (``checkpoint``, ``clip``, ...).
+    """
+
+    name: str
+    module: nn.Module
+    spec: NetworkSpec
+    example_inputs: Mapping[str, torch.Tensor]
+    sources: tuple[str, ...]
+
+
+def trace_size(r: DimRange) -> int:
+    """Size a dynamic dim is traced at: at least 2, so that the tracer cannot treat it as a
+    broadcastable 1 and bake that into the graph."""
+    return min(r.max, max(2, r.min))
+
+
+class MaskDecoderWithLogits(nn.Module):
+    """``SegMaskDecoder`` plus the logits upscaled to a fixed frame size (SAM's postprocess).
+
+    Outputs low-res logits [Q,1,256,256], IoU [Q,1] and mask logits [Q,H,W] for frames of
+    ``frame_hw`` (resized to the 1024 long side, padded, as in ``sam.preprocess``).
+    """
+
+    def __init__(self, decoder: nn.Module, frame_hw: tuple[int, int]):
+        super().__init__()
+        self.decoder = decoder
+        self.frame_hw = tuple(frame_hw)
+        self.resized_hw = sam.resized_shape(*frame_hw)
+
+    def forward(self, image_embeddings: torch.Tensor, seg_embeddings: torch.Tensor):
+        low_res, iou = self.decoder(image_embeddings, seg_embeddings)
+        return low_res, iou, sam.postprocess(low_res, self.resized_hw, self.frame_hw)
+
+
+def reasoning_networks(
+    model: VisaModel, frame_size: tuple[int, int] | None = None, extra_sources: tuple[str, ...] = (), seed: int = 0
+) -> list[ExportNetwork]:
+    """The reasoning-step networks of ``model`` with example inputs from the synthetic clip.
+
+    ``frame_size`` (H, W) adds a ``mask_logits`` output at that size to ``mask_decoder``.
+    ``extra_sources`` (e.g. ``sam_checkpoint``) are recorded for the SAM networks.
+    """
+    modules = reasoning_modules(model)
+    gen = torch.Generator().manual_seed(seed)
+    n_frames = trace_size(REASONING_NETWORKS["visual_tokens"].dims["frames"])
+    queries = trace_size(REASONING_NETWORKS["mask_decoder"].dims["queries"])
+    pixels = torch.stack([model.clip_preprocess(synthetic.frame(1 + 2 * t)) for t in range(n_frames)])
+    image = sam.preprocess(synthetic.frame(7))[0][None]
+    grid = sam.IMAGE_SIZE // sam.PATCH_SIZE
+    embeddings = torch.randn(1, sam.PROMPT_DIM, grid, grid, generator=gen)
+    seg = torch.randn(queries, sam.PROMPT_DIM, generator=gen)
+    decoder, decoder_spec = modules["mask_decoder"], REASONING_NETWORKS["mask_decoder"]
+    if frame_size is not None:
+        decoder = MaskDecoderWithLogits(decoder, frame_size)
+        decoder_spec = NetworkSpec(
+            decoder_spec.inputs,
+            decoder_spec.outputs + ("mask_logits",),
+            axes={**decoder_spec.axes, "mask_logits": {0: "queries"}},
+            dims=decoder_spec.dims,
+        )
+    sam_sources = ("checkpoint", *extra_sources)
+    return [
+        ExportNetwork("visual_tokens", modules["visual_tokens"], REASONING_NETWORKS["visual_tokens"],
+                      {"pixel_values": pixels}, ("checkpoint", "clip")),
+        ExportNetwork("sam_encoder", modules["sam_encoder"], REASONING_NETWORKS["sam_encoder"], {"image": image}, sam_sources),
+        ExportNetwork("mask_decoder", decoder, decoder_spec,
+                      {"image_embeddings": embeddings, "seg_embeddings": seg}, sam_sources),
+    ]
+
+
+def xmem_working_size(frame_hw: tuple[int, int], shorter_side: int | None) -> tuple[int, int]:
+    """The padded size XMemTracker processes frames of ``frame_hw`` at (shorter side resized, multiples of 16)."""
+    h, w = frames.processing_size(*frame_hw, shorter_side)
+    left, right, top, bottom = frames.pad_amounts(h, w)
+    return h + top + bottom, w + left + right
+
+
+def tracker_networks(xmem: XMemModel, working_size: tuple[int, int], seed: int = 0) -> list[ExportNetwork]:
+    """The XMem key encoder, value encoder and decoder at a fixed padded working size (H, W).
+
+    ``xmem`` comes from ``runtime.tracking.xmem.load_xmem``. Every tensor is
+    static (one object, one frame size): engines are built for one camera resolution. The
+    example inputs chain like a tracking step: a synthetic frame, its key-encoder
+    features, the ellipse's mask and random hidden state and memory readout.
+    """
+    height, width = working_size
+    if height % frames.STRIDE or width % frames.STRIDE:
+        raise ExportError(f"XMem working size {height}x{width}: expected multiples of {frames.STRIDE}")
+    modules = xmem_modules(xmem)
+    gen = torch.Generator().manual_seed(seed)
+    image = frames.normalise(synthetic.frame(7, height, width), "cpu")[None]
+    with torch.no_grad():
+        _, _, _, f16, f8, f4 = modules["xmem_key_encoder"](image)
+    grid = (height // frames.STRIDE, width // frames.STRIDE)
+    mask = torch.from_numpy(synthetic.ellipse_mask(7, height, width)).float()[None, None]
+    hidden = torch.randn(1, HIDDEN_DIM, *grid, generator=gen)
+    examples = {
+        "xmem_key_encoder": {"image": image},
+        "xmem_value_encoder": {"image": image, "mask": mask, "others": torch.zeros_like(mask), "f16": f16, "hidden": hidden},
+        "xmem_decoder": {"f16": f16, "f8": f8, "f4": f4, "readout": torch.randn(1, VALUE_DIM, *grid, generator=gen), "hidden": hidden},
+    }
+    return [ExportNetwork(name, modules[name], XMEM_NETWORKS[name], examples[name], ("xmem",)) for name in XMEM_NETWORKS]

@@ -1,0 +1,48 @@
+"""The whole reasoning step on ONNX Runtime engines reproduces the original VISA's golden mask.
+
+The golden checkpoint's networks are exported to ONNX (CPU, fp32) and loaded with
+``load_engines``; the LLM stays in PyTorch. Binary mask identical where |logit| > 1e-4,
+logits within 1e-4 (see ../shared/golden/visa_tiny/README.md).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from visa_edge.export.manifest import hash_source
+from visa_edge.export.networks import reasoning_networks
+from visa_edge.export.pipeline import ExportOptions, Progress, export_networks
+from visa_edge.runtime.backends import load_engines
+from visa_edge.runtime.io import read_rgb
+from visa_edge.runtime.model import VisaModel
+from visa_edge.runtime.reasoning import ReasoningStep
+
+QUERY = "the red ball moving to the right"
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def golden_step(golden_visa, tmp_path_factory):
+    checkpoint, clip = golden_visa / "hf_model", golden_visa / "clip_vision_tower"
+    model = VisaModel.from_pretrained(checkpoint, clip=clip)
+    out = tmp_path_factory.mktemp("golden_engines")
+    sources = {"checkpoint": hash_source(checkpoint), "clip": hash_source(clip)}
+    export_networks(reasoning_networks(model), out, ExportOptions(), sources, ["visa-edge", "export"], Progress(9, io.StringIO()))
+    engines = load_engines(out, backend="onnxruntime", device="cpu")
+    frames = [read_rgb(p) for p in sorted((golden_visa / "frames").glob("seq*.png"))]
+    return ReasoningStep(model, engines)(frames, QUERY), engines
+
+
+def test_reasoning_step_on_onnxruntime_reproduces_golden_mask(golden_step, golden_visa):
+    result, engines = golden_step
+    assert {e.backend for e in engines.values()} == {"onnxruntime"}
+    ref = np.load(golden_visa / "sam.npz")
+    logits, binary = ref["mask_logits"][0], ref["mask_binary"][0]
+    confident = np.abs(logits) > TOL
+    assert np.array_equal(result.mask[confident], binary[confident])
+    assert float(np.abs(result.logits - logits).max()) <= TOL
+    assert float(np.abs(result.low_res_logits.numpy() - ref["low_res_masks"]).max()) <= TOL
+    assert abs(result.iou - float(ref["iou_predictions"].reshape(-1)[0])) <= TOL
