@@ -100,7 +100,7 @@ def _networks(args: argparse.Namespace, frame_size: tuple[int, int] | None, name
     networks = []
     if set(names) & set(REASONING_NETWORKS):
         model = VisaModel.from_pretrained(args.checkpoint, clip=args.clip, sam_checkpoint=args.sam_checkpoint,
-                                          device="cpu", dtype=torch.float32)
+                                          device="cpu", dtype=torch.float32, load_llm=False)
         networks += reasoning_networks(model, frame_size, ("sam_checkpoint",) if args.sam_checkpoint else ())
     if args.xmem and set(names) - set(REASONING_NETWORKS):
         size = xmem_working_size(frame_size, XMemConfig().shorter_side)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -48,26 +48,31 @@ def weight_files(folder: str | Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no weights found; expected one of {list(WEIGHT_FILES)}")
 
 
-def load_file(path: Path) -> dict[str, torch.Tensor]:
-    """Load one weight file (safetensors or a torch zip pickle) onto the CPU."""
+def load_file(path: Path, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Load one weight file (safetensors or a torch zip pickle) onto the CPU.
+
+    Only tensors whose name passes ``keep`` are read: safetensors are opened lazily and
+    pickles are memory-mapped, so skipped tensors (e.g. a 7B LLM) cost no memory.
+    """
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file as load_safetensors
+            from safetensors import safe_open
 
-            return load_safetensors(str(path), device="cpu")
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if keep is None or keep(k)}
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # corrupt or truncated file: report which one
         raise CheckpointError(f"{path}: could not be read as a weight file ({type(e).__name__}: {e})") from e
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}")
-    return dict(sd)
+    return {k: v for k, v in sd.items() if keep is None or keep(k)}
 
 
-def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder, merged over its shards."""
+def load_state_dict(folder: str | Path, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder (those passing ``keep``), merged over its shards."""
     merged: dict[str, torch.Tensor] = {}
     for path in weight_files(folder):
-        merged.update(load_file(path))
+        merged.update(load_file(path, keep))
     return merged
 
 

@@ -61,7 +61,7 @@ class VisaModel(nn.Module):
         clip_preprocess: ClipPreprocess,
         vision_tower: ClipVisionTower,
         mm_projector: nn.Linear,
-        llm: nn.Module,
+        llm: nn.Module | None,
         text_hidden_fcs: nn.Sequential,
         sam: nn.ModuleDict,
         quantization: str | None = None,
@@ -100,18 +100,21 @@ class VisaModel(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         sam_checkpoint: str | Path | None = None,
+        load_llm: bool = True,
     ) -> "VisaModel":
         """Load a VISA checkpoint folder (config.json, tokenizer with [SEG], weights) and a CLIP folder.
 
         ``quantization="nf4"`` loads the LLM in 4-bit (bitsandbytes); everything else stays in
         ``dtype``. ``sam_checkpoint`` is an official SAM ``.pth`` whose tensors replace the
-        checkpoint's ``model.visual_model.*`` ones key by key.
+        checkpoint's ``model.visual_model.*`` ones key by key. ``load_llm=False`` skips the
+        LLM's tensors entirely (``llm`` is None): for exporting the vision and SAM networks.
         """
         folder, device = Path(folder), torch.device(device)
         with quiet_transformers():
             config = VisaConfig.from_file(folder / "config.json")
             prompt = _load_prompt_tokenizer(folder, config)
-            groups = split_state_dict(load_state_dict(folder), str(folder))
+            keep = None if load_llm else (lambda k: not k.startswith(LLM_PREFIXES))
+            groups = split_state_dict(load_state_dict(folder, keep), str(folder))
             if sam_checkpoint is not None:
                 groups["sam"].update(_load_sam_override(Path(sam_checkpoint)))
             sam = _build_sam(groups["sam"], str(folder), dtype, device)
@@ -121,8 +124,10 @@ class VisaModel(nn.Module):
             head = _build_linear_stack(
                 seg_head(config.hidden_size, config.out_dim), groups["seg_head"], f"{folder} (text_hidden_fcs)", dtype, device
             )
-            _check_llm_keys(config, groups["llm"], str(folder))
-            llm = build_llama(config, groups["llm"], dtype, device, quantization)
+            llm = None
+            if load_llm:
+                _check_llm_keys(config, groups["llm"], str(folder))
+                llm = build_llama(config, groups["llm"], dtype, device, quantization)
             tower = load_clip(clip, dtype, config.mm_vision_select_layer).to(device)
         if tower.hidden_size != config.mm_hidden_size:
             raise CheckpointError(

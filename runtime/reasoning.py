@@ -66,6 +66,8 @@ class ReasoningStep:
     """Runs VISA's reasoning on frames with the networks behind ``engines`` (PyTorch by default)."""
 
     def __init__(self, model: VisaModel, engines: Mapping[str, Engine] | None = None):
+        if model.llm is None:
+            raise InputError("ReasoningStep: the model was loaded without its LLM (load_llm=False)")
         self.model = model
         self.engines = dict(torch_engines(model)) if engines is None else dict(engines)
         missing = sorted(set(REASONING_NETWORKS) - set(self.engines))

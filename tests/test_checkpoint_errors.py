@@ -154,3 +154,21 @@ def test_safetensors_and_bin_load_the_same_weights(ckpt, tiny_checkpoint):
     a = load(tiny_checkpoint.checkpoint, clip).state_dict()
     b = load(folder, clip).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_load_without_llm_reads_no_llm_tensor(ckpt, monkeypatch):
+    """Export needs only the vision and SAM networks: the LLM's tensors are never read."""
+    from visa_edge.runtime import checkpoint
+    from visa_edge.runtime.errors import InputError
+    from visa_edge.runtime.reasoning import ReasoningStep
+
+    folder, clip = ckpt
+    rewrite(folder, lambda sd: sd)  # safetensors: read lazily, tensor by tensor
+    read = []
+    real = checkpoint.load_file
+    monkeypatch.setattr(checkpoint, "load_file", lambda path, keep=None: read.extend(real(path, keep)) or real(path, keep))
+    model = VisaModel.from_pretrained(folder, clip=clip, load_llm=False)
+    assert model.llm is None and read and not any(k.startswith(("model.layers.", "lm_head.", "model.embed_tokens.")) for k in read)
+    assert model.sam_encoder_net() is not None
+    with pytest.raises(InputError, match="loaded without its LLM"):
+        ReasoningStep(model)
