@@ -1,0 +1,87 @@
+"""XMem's exportable networks: names, tensor signatures and PyTorch engines.
+
+Shapes (H, W: padded frame size, multiples of 16; h, w = H/16, W/16; O objects):
+
+* ``xmem_key_encoder``: image [1,3,H,W] (normalised) -> key [1,64,h,w], shrinkage [1,1,h,w],
+  selection [1,64,h,w], f16 [1,1024,h,w], f8 [1,512,2h,2w], f4 [1,256,4h,4w].
+* ``xmem_value_encoder``: image, mask [O,1,H,W] (object probability), others [O,1,H,W] (sum of
+  the other objects' probabilities), f16, hidden [O,64,h,w] -> value [O,512,h,w],
+  hidden_out [O,64,h,w] (the deep-updated hidden state).
+* ``xmem_decoder``: f16, f8, f4, readout [O,512,h,w], hidden -> logits [O,1,4h,4w] (1/4 of the
+  padded frame), hidden_out (the decoder-updated hidden state).
+
+Every network always computes all its outputs; the runtime decides which hidden state to
+keep (deep update, normal update or none), so no network branches on a flag.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...backends import Engine, TorchEngine
+from ...networks import NetworkSpec
+from .modules import Decoder, KeyEncoder, KeyProjection, ValueEncoder, XMemModel
+
+XMEM_NETWORKS: dict[str, NetworkSpec] = {
+    "xmem_key_encoder": NetworkSpec(("image",), ("key", "shrinkage", "selection", "f16", "f8", "f4")),
+    "xmem_value_encoder": NetworkSpec(("image", "mask", "others", "f16", "hidden"), ("value", "hidden_out")),
+    "xmem_decoder": NetworkSpec(("f16", "f8", "f4", "readout", "hidden"), ("logits", "hidden_out")),
+}
+
+
+class KeyEncoderNet(nn.Module):
+    """Key encoder + key projection (one engine: the projections need only f16)."""
+
+    def __init__(self, key_encoder: KeyEncoder, key_proj: KeyProjection):
+        super().__init__()
+        self.key_encoder = key_encoder
+        self.key_proj = key_proj
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        f16, f8, f4 = self.key_encoder(image)
+        key, shrinkage, selection = self.key_proj(f16)
+        return key, shrinkage, selection, f16, f8, f4
+
+
+class ValueEncoderNet(nn.Module):
+    """Value encoder; always returns the deep-updated hidden state next to the value."""
+
+    def __init__(self, value_encoder: ValueEncoder):
+        super().__init__()
+        self.value_encoder = value_encoder
+
+    def forward(
+        self, image: torch.Tensor, mask: torch.Tensor, others: torch.Tensor, f16: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.value_encoder(image, mask, others, f16, hidden)
+
+
+class DecoderNet(nn.Module):
+    """Decoder; always returns the updated hidden state next to the 1/4-resolution logits."""
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(
+        self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, readout: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decoder(f16, f8, f4, readout, hidden)
+
+
+def xmem_modules(model: XMemModel) -> dict[str, nn.Module]:
+    """name -> nn.Module for every XMem network (sharing the parameters of ``model``)."""
+    return {
+        "xmem_key_encoder": KeyEncoderNet(model.key_encoder, model.key_proj).eval(),
+        "xmem_value_encoder": ValueEncoderNet(model.value_encoder).eval(),
+        "xmem_decoder": DecoderNet(model.decoder).eval(),
+    }
+
+
+def xmem_torch_engines(model: XMemModel) -> dict[str, Engine]:
+    """PyTorch engines for every XMem network."""
+    return {
+        name: TorchEngine(name, module, XMEM_NETWORKS[name].inputs, XMEM_NETWORKS[name].outputs)
+        for name, module in xmem_modules(model).items()
+    }
