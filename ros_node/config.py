@@ -1,0 +1,149 @@
+"""The node's ROS parameters and how they map to PipelineConfig, StreamConfig and NodeConfig.
+
+Pure Python (no rclpy): the launch file, the CLI and tests use the same table. Every
+parameter is read once at start-up; an empty string or 0 means "not set" where noted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..runtime.errors import InputError
+from ..runtime.streaming.build import DTYPE_NAMES, PipelineConfig
+from ..runtime.streaming.scheduler import StreamConfig
+
+QOS_NAMES = ("sensor_data", "reliable")  # sensor_data: best effort, volatile; reliable: reliable, volatile
+TRACKER_NAMES = ("flow", "xmem")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One ROS parameter: name, default (its type is the parameter type) and description."""
+
+    name: str
+    default: bool | int | float | str
+    description: str
+
+
+_STREAM = StreamConfig()
+
+PIPELINE_PARAMS = (
+    Param("checkpoint", "", "VISA checkpoint folder: config.json, tokenizer with [SEG], weight shards (required)"),
+    Param("clip", "", "CLIP ViT-L/14 folder: Hugging Face CLIPVisionModel (required)"),
+    Param("engines", "", "engine folder written by `visa-edge export` (empty: PyTorch networks only)"),
+    Param("backend", "", "engine backend: onnxruntime | tensorrt (empty: what the engine folder was built for)"),
+    Param("quantization", "none", "LLM weights: none | nf4 (bitsandbytes 4-bit)"),
+    Param("device", "cpu", "torch device, e.g. cpu or cuda"),
+    Param("dtype", "fp32", f"weights and activations dtype: {' | '.join(DTYPE_NAMES)}"),
+    Param("sam_checkpoint", "", "official SAM .pth whose tensors replace the checkpoint's (empty: none)"),
+    Param("tracker", "flow", f"mask tracker between reasoning steps: {' | '.join(TRACKER_NAMES)}"),
+    Param("xmem", "", "XMem.pth for tracker xmem (empty: engines must provide its networks)"),
+)
+
+STREAM_PARAMS = (
+    Param("window", _STREAM.window, "frames in the reasoning window; the newest is the target frame"),
+    Param("references", _STREAM.references, "reference frames sampled from the window (1..11)"),
+    Param("every_frames", _STREAM.every_frames or 0, "rerun reasoning every K frames (0: off)"),
+    Param("every_seconds", float(_STREAM.every_seconds or 0.0), "rerun reasoning every T seconds (0: off)"),
+    Param("min_confidence", _STREAM.min_confidence, "tracker confidence under this counts as low"),
+    Param("confidence_patience", _STREAM.confidence_patience, "low-confidence frames in a row that trigger reasoning"),
+    Param("buffer_frames", _STREAM.buffer_frames, "frames kept for reasoning windows and catch-up"),
+    Param("retry_delay_s", _STREAM.retry_delay_s, "wait before retrying a failed reasoning step (s)"),
+    Param("blocking", _STREAM.blocking, "wait for each reasoning result before the next frame (offline replay; "
+          "live operation keeps false so reasoning never delays a mask)"),
+)
+
+NODE_PARAMS = (
+    Param("query", "", "initial query (the `query` topic sets or replaces it; empty: paused)"),
+    Param("compressed", False, "subscribe to `image` as sensor_msgs/CompressedImage (jpeg/png) instead of Image"),
+    Param("input_qos", "sensor_data", f"QoS of the image subscription: {' | '.join(QOS_NAMES)}"),
+    Param("input_depth", 5, "history depth of the image subscription"),
+    Param("output_qos", "reliable", f"QoS of mask, mask_roi, overlay and detections: {' | '.join(QOS_NAMES)}"),
+    Param("output_depth", 10, "history depth of the output publishers"),
+    Param("queue_size", 2, "frames waiting for the tracker; when full the oldest is dropped (counted)"),
+    Param("publish_overlay", False, "also publish `overlay` (rgb8 frame with the mask drawn on it)"),
+    Param("diagnostics_period", 1.0, "seconds between two `diagnostics` messages"),
+)
+
+PARAMETERS = PIPELINE_PARAMS + STREAM_PARAMS + NODE_PARAMS
+DESCRIPTIONS = {p.name: p.description for p in PARAMETERS}
+REQUIRED = ("checkpoint", "clip")  # unless the node is given a ready runtime
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The node's own settings (topics, QoS, queueing, diagnostics)."""
+
+    query: str = ""
+    compressed: bool = False
+    input_qos: str = "sensor_data"
+    input_depth: int = 5
+    output_qos: str = "reliable"
+    output_depth: int = 10
+    queue_size: int = 2
+    publish_overlay: bool = False
+    diagnostics_period: float = 1.0
+
+    def __post_init__(self):
+        for name in ("input_qos", "output_qos"):
+            if getattr(self, name) not in QOS_NAMES:
+                raise InputError(f"parameter {name}={getattr(self, name)!r}: expected one of {QOS_NAMES}")
+        for name in ("input_depth", "output_depth", "queue_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"parameter {name}={getattr(self, name)}: expected >= 1")
+        if self.diagnostics_period <= 0:
+            raise InputError(f"parameter diagnostics_period={self.diagnostics_period}: expected > 0 seconds")
+
+
+def node_config(values: Mapping[str, Any]) -> NodeConfig:
+    return NodeConfig(**{p.name: values[p.name] for p in NODE_PARAMS})
+
+
+def stream_config(values: Mapping[str, Any]) -> StreamConfig:
+    """StreamConfig from the parameters (0 turns a cadence off)."""
+    v = {p.name: values[p.name] for p in STREAM_PARAMS}
+    v["every_frames"] = v["every_frames"] or None
+    v["every_seconds"] = v["every_seconds"] or None
+    return StreamConfig(**v)
+
+
+def pipeline_config(values: Mapping[str, Any]) -> PipelineConfig:
+    """PipelineConfig from the parameters; InputError names a missing or invalid one."""
+    for name in REQUIRED:
+        if not values[name]:
+            raise InputError(f"parameter {name!r} is not set ({DESCRIPTIONS[name]}): pass `--ros-args -p {name}:=DIR`")
+    if values["quantization"] not in ("none", "nf4"):
+        raise InputError(f"parameter quantization={values['quantization']!r}: expected none or nf4")
+    if values["dtype"] not in DTYPE_NAMES:
+        raise InputError(f"parameter dtype={values['dtype']!r}: expected one of {DTYPE_NAMES}")
+    if values["tracker"] not in TRACKER_NAMES:
+        raise InputError(f"parameter tracker={values['tracker']!r}: expected one of {TRACKER_NAMES}")
+    return PipelineConfig(
+        checkpoint=values["checkpoint"],
+        clip=values["clip"],
+        engines=values["engines"] or None,
+        backend=values["backend"] or None,
+        quantization=None if values["quantization"] == "none" else values["quantization"],
+        device=values["device"],
+        dtype=values["dtype"],
+        sam_checkpoint=values["sam_checkpoint"] or None,
+        tracker=values["tracker"],
+        xmem=values["xmem"] or None,
+        stream=stream_config(values),
+    )
+
+
+def defaults() -> dict[str, Any]:
+    """Every parameter at its default value."""
+    return {p.name: p.default for p in PARAMETERS}
+
+
+def parameter_args(values: Mapping[str, str]) -> list[str]:
+    """``-p name:=value`` ROS arguments for the node parameters given (non-empty) in ``values``."""
+    args: list[str] = []
+    for p in PARAMETERS:
+        if values.get(p.name):
+            args += ["-p", f"{p.name}:={values[p.name]}"]
+    return args

@@ -1,0 +1,353 @@
+"""The ROS 2 node over real rclpy + Fast DDS: the node runs in this process (with a small test
+runtime) or as `visa-edge ros` (tiny checkpoint), its peer (ros_node/probe.py) in a spawned
+process. DDS stays on 127.0.0.1 (a Fast DDS profile with only a loopback UDP transport) in a
+random domain; every wait is bounded and says what was missing."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.signals import SignalHandlerOptions
+
+    from visa_edge.ros_node.node import VisaEdgeNode
+    from visa_edge.ros_node.probe import ProbeProcess, frame_id_of, square_box
+except ImportError as e:
+    pytest.skip(f"rclpy / ROS 2 message packages not importable ({e}); install them with pip install -e '.[ros]'",
+                allow_module_level=True)
+
+from visa_edge.runtime.streaming import ReasonOutput, StreamConfig, StreamingRuntime
+from visa_edge.runtime.tracking import Tracker, TrackOutput
+
+# rclpy's type support imports rosidl_parser -> lark, which imports the deprecated sre_* modules.
+pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
+
+H, W = 48, 64
+SIDE = min(H, W) // 3
+SQUARE_QUERY, BACKGROUND_QUERY = "the red square", "the background"
+
+LOOPBACK_PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
+<dds xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
+  <profiles>
+    <transport_descriptors>
+      <transport_descriptor>
+        <transport_id>loopback_udp</transport_id>
+        <type>UDPv4</type>
+        <sendBufferSize>4194304</sendBufferSize>
+        <receiveBufferSize>4194304</receiveBufferSize>
+        <interfaceWhiteList><address>127.0.0.1</address></interfaceWhiteList>
+      </transport_descriptor>
+    </transport_descriptors>
+    <participant profile_name="visa_edge_tests_loopback" is_default_profile="true">
+      <rtps>
+        <useBuiltinTransports>false</useBuiltinTransports>
+        <userTransports><transport_id>loopback_udp</transport_id></userTransports>
+        <sendSocketBufferSize>4194304</sendSocketBufferSize>
+        <listenSocketBufferSize>4194304</listenSocketBufferSize>
+        <builtin>
+          <avoid_builtin_multicast>true</avoid_builtin_multicast>
+          <metatrafficUnicastLocatorList>
+            <locator><udpv4><address>127.0.0.1</address></udpv4></locator>
+          </metatrafficUnicastLocatorList>
+          <initialPeersList><locator><udpv4><address>127.0.0.1</address></udpv4></locator></initialPeersList>
+        </builtin>
+        <defaultUnicastLocatorList>
+          <locator><udpv4><address>127.0.0.1</address></udpv4></locator>
+        </defaultUnicastLocatorList>
+      </rtps>
+    </participant>
+  </profiles>
+</dds>
+"""
+# Variables that would widen discovery beyond the profile (LOCALHOST range, for one, re-enables
+# Fast DDS's builtin transports on every interface).
+WIDENING_VARS = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS", "ROS_LOCALHOST_ONLY", "ROS_DISCOVERY_SERVER",
+                 "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_FASTRTPS_USE_QOS_FROM_XML")
+
+
+@pytest.fixture(scope="module")
+def ros_env(tmp_path_factory):
+    """Loopback-only Fast DDS in a random domain, for this process and every process it starts."""
+    profile = tmp_path_factory.mktemp("dds") / "loopback.xml"
+    profile.write_text(LOOPBACK_PROFILE)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in WIDENING_VARS:
+            mp.delenv(name, raising=False)
+        mp.setenv("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+        mp.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+        mp.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", str(profile))
+        yield dict(os.environ)
+
+
+@pytest.fixture(scope="module")
+def context(ros_env):
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)
+
+
+@pytest.fixture(scope="module")
+def probe(ros_env):
+    p = ProbeProcess()
+    yield p
+    p.close()
+
+
+class RedReasoner:
+    """Segments the red square (query mentions "square") or the rest; records the target frames."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.calls: list[int] = []
+        self.gate = gate
+
+    def __call__(self, frames, query):
+        if self.gate is not None:
+            assert self.gate.wait(30), "test gate never opened"
+        self.calls.append(frames[-1].index)
+        red = frames[-1].image[..., 0] > 128
+        return ReasonOutput((red if "square" in query else ~red).astype(np.uint8))
+
+
+class PolarityTracker(Tracker):
+    """Keeps segmenting what the anchor mask covered: the red pixels, or the others."""
+
+    def reset(self) -> None:
+        self.red = None
+
+    def step(self, frame, mask=None) -> TrackOutput:
+        red = frame[..., 0] > 128
+        if mask is not None:
+            self.red = bool(red[mask > 0].all())
+        return TrackOutput((red if self.red else ~red).astype(np.float32), 0.9)
+
+
+def make_runtime(gate=None, **stream) -> tuple[StreamingRuntime, RedReasoner]:
+    reasoner = RedReasoner(gate)
+    cfg = StreamConfig(**{"window": 4, "references": 2, "every_frames": 10, "buffer_frames": 64, "blocking": True,
+                          **stream})
+    return StreamingRuntime(reasoner, PolarityTracker, cfg), reasoner
+
+
+_namespaces = (f"/t{n}_{random.SystemRandom().randrange(16**6):06x}" for n in itertools.count())  # unique per run
+
+
+@contextmanager
+def running_node(context, probe, runtime, compressed=False, **params):
+    """The node (spun on a thread here) and the probe, in a fresh namespace, matched both ways."""
+    namespace = next(_namespaces)
+    params = {"input_qos": "reliable", "input_depth": 64, "queue_size": 64, "diagnostics_period": 0.1,
+              "compressed": compressed, **params}
+    node = VisaEdgeNode(runtime, namespace=namespace, context=context,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    try:
+        probe.open(namespace, compressed=compressed)
+        probe.call("wait_ready", timeout=20.0)
+        yield node
+    finally:
+        executor.shutdown()
+        spin.join(10)
+        node.destroy_node()
+        runtime.close()
+
+
+def set_query(probe, text: str) -> None:
+    """Publish a query and wait until the node's diagnostics show it (topics are not ordered with each other)."""
+    probe.call("set_query", text=text)
+    probe.call("wait_diagnostics", until={"query": text}, timeout=20.0)
+
+
+def assert_square_masks(masks: dict, height: int = H, width: int = W) -> None:
+    for i, m in masks.items():
+        assert (m.frame_id, m.encoding, m.height, m.width, m.step) == (frame_id_of(i), "mono8", height, width, width), i
+        assert m.values == (0, 255), (i, m.values)
+        assert m.box == square_box(i, height, width) and m.area == SIDE * SIDE, (i, m.box, m.area)
+
+
+def udp_addresses(pid: int) -> set[str]:
+    """Local IPv4 addresses of the UDP sockets process ``pid`` holds (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    addresses = set()
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes:
+            addresses.add(".".join(str(b) for b in reversed(bytes.fromhex(fields[1].split(":")[0]))))
+    return addresses
+
+
+def test_every_frame_gets_its_mask_with_its_header(context, probe):
+    runtime, reasoner = make_runtime()
+    with running_node(context, probe, runtime, publish_overlay=True) as node:
+        set_query(probe, SQUARE_QUERY)
+        sent = probe.call("publish_frames", first=0, count=24, height=H, width=W, encodings=("rgb8", "bgr8", "mono8"))
+        masks = probe.call("wait_masks", indices=sent, timeout=20.0)
+        assert_square_masks(masks)
+        rois = probe.call("wait_rois", count=24, timeout=20.0)
+        assert rois == [square_box(i, H, W) for i in sent]
+        diag = probe.call("wait_diagnostics", until={"frames_published": 24}, timeout=20.0)
+        got = probe.call("received")
+        assert got["masks"] == sent and got["duplicates"] == []
+        assert sorted(got["overlays"]) == sent and set(got["overlays"].values()) == {("rgb8", H, W)}
+        assert (diag["frames_received"], diag["dropped_frames"], diag["rejected_frames"], diag["failed_frames"]) == \
+            ("24", "0", "0", "0")
+        assert diag["reasoning_completed"] == "3" and diag["level"] == "0" and float(diag["tracking_fps"]) >= 0
+        assert reasoner.calls == [0, 10, 20]  # every_frames=10, blocking
+        assert udp_addresses(os.getpid()) == {"127.0.0.1"}
+        assert udp_addresses(probe.process.pid) == {"127.0.0.1"}
+        assert node.state() == "tracking"
+
+
+def test_query_change_and_empty_query_pause(context, probe):
+    runtime, reasoner = make_runtime(every_frames=1000)
+    with running_node(context, probe, runtime):
+        set_query(probe, SQUARE_QUERY)
+        assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=0, count=3)))
+        set_query(probe, BACKGROUND_QUERY)
+        background = probe.call("wait_masks", indices=probe.call("publish_frames", first=3, count=3))
+        assert all(m.box == (0, 0, W, H) and m.area == H * W - SIDE * SIDE for m in background.values())
+        set_query(probe, "")
+        paused = probe.call("wait_masks", indices=probe.call("publish_frames", first=6, count=3))
+        assert all(m.values == (0,) and m.area == 0 for m in paused.values())
+        assert probe.call("wait_rois", count=9)[6:] == [(0, 0, 0, 0)] * 3
+        assert probe.call("wait_diagnostics", until={"state": "paused"})["message"] == "paused (no query)"
+    assert reasoner.calls == [0, 3]  # one step per query, nothing while paused
+
+
+def test_malformed_images_are_counted_and_survived(context, probe):
+    runtime, _ = make_runtime()
+    with running_node(context, probe, runtime):
+        set_query(probe, SQUARE_QUERY)
+        good = bytes(H * W * 3)
+        bad = [  # (encoding, height, width, step, data)
+            ("rgba8", H, W, W * 4, bytes(H * W * 4)),  # unsupported encoding
+            ("16UC1", H, W, W * 2, bytes(H * W * 2)),  # unsupported encoding
+            ("rgb8", H, W, W * 2, good),  # step < width * 3
+            ("rgb8", H, W, W * 3, good[:-7]),  # truncated data
+            ("bgr8", 0, W, W * 3, b""),  # empty image
+        ]
+        for n, (encoding, height, width, step, data) in enumerate(bad):
+            probe.call("publish_raw", index=100 + n, encoding=encoding, height=height, width=width, step=step,
+                       data=data)
+        diag = probe.call("wait_diagnostics", until={"rejected_frames": 5, "frames_received": 5})
+        assert diag["level"] == "1" and diag["message"] == "new rejected_frames"
+        assert diag["last_rejection"] == "image size 64x0: expected positive width and height"
+        sent = probe.call("publish_frames", first=0, count=4, encodings=("bgr8", "mono8"))
+        assert_square_masks(probe.call("wait_masks", indices=sent))
+        got = probe.call("received")
+        assert got["masks"] == sent  # nothing for the rejected frames
+        diag = probe.call("wait_diagnostics", until={"frames_published": 4})
+        assert (diag["rejected_frames"], diag["failed_frames"], diag["level"]) == ("5", "0", "0")
+
+
+def test_compressed_images(context, probe):
+    runtime, _ = make_runtime()
+    with running_node(context, probe, runtime, compressed=True):
+        set_query(probe, SQUARE_QUERY)
+        probe.call("publish_compressed", index=100, fmt="bmp", data=b"BM")
+        probe.call("publish_compressed", index=101, fmt="png", data=b"\x89PNG not really")
+        sent = probe.call("publish_frames", first=0, count=6, encodings=("png", "jpeg"))
+        masks = probe.call("wait_masks", indices=sent)
+        assert_square_masks({i: m for i, m in masks.items() if i % 2 == 0})  # png: lossless
+        for i in sent[1::2]:  # jpeg: the square within a pixel
+            assert all(abs(a - b) <= 1 for a, b in zip(masks[i].box, square_box(i, H, W))), (i, masks[i].box)
+        diag = probe.call("wait_diagnostics", until={"frames_published": 6})
+        assert (diag["rejected_frames"], diag["frames_received"]) == ("2", "8")
+        assert "could not be decoded" in diag["last_rejection"]
+
+
+def test_reason_now_service_forces_a_step(context, probe):
+    runtime, reasoner = make_runtime(every_frames=1000)
+    with running_node(context, probe, runtime, input_qos="sensor_data", input_depth=5, queue_size=2):
+        assert probe.call("reason_now") == (False, "no query: publish one on 'query' first")
+        set_query(probe, SQUARE_QUERY)
+        for i in range(3):  # lockstep: the default best-effort input gets one frame at a time
+            assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=i, count=1)))
+        assert reasoner.calls == [0]
+        assert probe.call("reason_now") == (True, "reasoning requested on the next frame")
+        assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=3, count=1)))
+        assert reasoner.calls == [0, 3]
+        assert probe.call("wait_diagnostics", until={"frames_published": 4})["anchor_age"] == "0"
+
+
+def test_a_full_queue_drops_the_oldest_frames(context, probe):
+    gate = threading.Event()
+    runtime, reasoner = make_runtime(gate=gate)
+    with running_node(context, probe, runtime, queue_size=1):
+        set_query(probe, SQUARE_QUERY)
+        probe.call("publish_frames", first=0, count=1)
+        probe.call("wait_diagnostics", until={"state": "reasoning", "frames_received": 1})  # frame 0 holds the thread
+        sent = probe.call("publish_frames", first=1, count=11)
+        # 11 frames into a queue of 1: each pushes the previous one out, 1..10 are dropped
+        diag = probe.call("wait_diagnostics", until={"frames_received": 12, "dropped_frames": 10})
+        assert diag["state"] == "reasoning" and diag["frames_published"] == "0"
+        gate.set()
+        masks = probe.call("wait_masks", indices=[0, 11])
+        assert_square_masks(masks)
+        diag = probe.call("wait_diagnostics", until={"frames_published": 2})
+        assert probe.call("received")["masks"] == [0, 11] and diag["dropped_frames"] == "10"
+    assert reasoner.calls == [0, 11] and sent == list(range(1, 12))  # 11 is 10 frames after 0: every_frames
+
+
+def _node_command(*ros_args: str) -> list[str]:
+    return [sys.executable, "-m", "visa_edge.runtime.cli", "ros", "--ros-args", *ros_args]
+
+
+def test_cli_passes_ros_args_and_reports_bad_parameters(ros_env):
+    done = subprocess.run(_node_command("-p", "checkpoint:=/nonexistent/visa", "-p", "clip:=/nonexistent/clip"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "/nonexistent/visa/config.json: not found" in done.stderr, done.stderr
+    done = subprocess.run(_node_command("-p", "window:=1.5"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "'window'" in done.stderr and "INTEGER" in done.stderr, done.stderr
+
+
+def test_cli_node_with_the_tiny_checkpoint(ros_env, probe, tiny_checkpoint):
+    """`visa-edge ros` builds the runtime from its parameters (tiny VISA + flow tracker) and serves masks."""
+    namespace = next(_namespaces)
+    proc = subprocess.Popen(_node_command(
+        "-r", f"__ns:={namespace}", "-p", f"checkpoint:={tiny_checkpoint.checkpoint}",
+        "-p", f"clip:={tiny_checkpoint.clip}", "-p", "tracker:=flow", "-p", "window:=4", "-p", "references:=2",
+        "-p", "every_frames:=4", "-p", "blocking:=true",
+        "-p", f"query:={SQUARE_QUERY}", "-p", "input_qos:=reliable", "-p", "input_depth:=16", "-p", "queue_size:=16",
+        "-p", "diagnostics_period:=0.1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        probe.open(namespace)
+        probe.call("wait_ready", timeout=60.0)  # includes loading the checkpoint
+        sent = probe.call("publish_frames", first=0, count=8, height=2 * H, width=2 * W)
+        masks = probe.call("wait_masks", indices=sent, timeout=60.0)
+        assert all(m.frame_id == frame_id_of(i) and m.encoding == "mono8" and (m.height, m.width) == (2 * H, 2 * W)
+                   and set(m.values) <= {0, 255} for i, m in masks.items())
+        diag = probe.call("wait_diagnostics", until={"frames_published": 8}, timeout=20.0)
+        assert int(diag["reasoning_completed"]) >= 2 and diag["query"] == SQUARE_QUERY and diag["failed_frames"] == "0"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert proc.returncode == 0, out
