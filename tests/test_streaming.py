@@ -32,13 +32,10 @@ def half(side: str) -> np.ndarray:
 
 
 class OrderCheckingTracker(Tracker):
-    """Propagates the anchor mask unchanged; raises if frames are not consecutive after the anchor."""
-
-    instances: list["OrderCheckingTracker"] = []
+    """Propagates the anchor mask unchanged; raises if it sees a frame not newer than the last one."""
 
     def __init__(self, confidence: float = 0.9):
         self.mask, self.last, self.confidence = None, None, confidence
-        OrderCheckingTracker.instances.append(self)
 
     def reset(self) -> None:
         self.mask = self.last = None
@@ -47,7 +44,7 @@ class OrderCheckingTracker(Tracker):
         index = int(frame[0, 0, 0])
         if mask is not None:
             self.mask = mask.astype(np.float32)
-        elif self.last is not None and index != (self.last + 1) % 256:
+        elif self.last is not None and index <= self.last:
             raise AssertionError(f"tracker saw frame {index} after {self.last}")
         self.last = index
         return TrackOutput(self.mask, self.confidence)
@@ -109,12 +106,12 @@ def test_slow_reasoning_never_reduces_the_output_rate():
     assert rt.stats.reasoning_completed >= 2 and rt.stats.reasoning_coalesced >= 1
 
 
-def test_reanchoring_catches_up_through_every_buffered_frame():
-    OrderCheckingTracker.instances.clear()
+def test_reanchoring_catches_up_to_the_newest_frame():
     delay, fps = 0.25, 60.0
-    rt, out, _ = run(FakeReasoner(delay), StreamConfig(every_frames=20), 100, fps=fps)
+    rt, out, _ = run(FakeReasoner(delay), StreamConfig(every_frames=20, catchup_max_steps=4), 100, fps=fps)
     assert rt.stats.reasoning_failed == 0, rt.stats.last_error  # the order-checking tracker never raised
-    assert rt.stats.catchup_frames > 0
+    # ~15 frames arrive during a step; a pass steps at most 4 of them, so catch-up subsamples
+    assert 0 < rt.stats.catchup_frames < 100 - 20
     anchored = [r for r in out if r.anchor_index is not None]
     assert anchored and all(r.mask_source == "tracked" for r in anchored)
     ages = [r.anchor_age for r in anchored]
@@ -179,6 +176,15 @@ def test_push_source_drops_the_oldest_when_full():
     src.close()
     got = list(src)
     assert [f.index for f in got] == [8, 9] and src.dropped == 8
+
+
+def test_catchup_subsampling_keeps_the_newest_frame():
+    from visa_edge.runtime.streaming.scheduler import subsample
+
+    assert subsample(list(range(5)), 8) == [0, 1, 2, 3, 4]
+    picked = subsample(list(range(20)), 8)
+    assert len(picked) == 8 and picked[-1] == 19 and picked == sorted(set(picked))
+    assert max(b - a for a, b in zip(picked, picked[1:])) <= 3
 
 
 def test_frame_buffer_is_bounded():

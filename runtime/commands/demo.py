@@ -20,7 +20,7 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="out/demo", metavar="DIR", help="output folder (default out/demo)")
     p.add_argument("--frames", type=int, default=60, help="clip length (default 60)")
-    p.add_argument("--rate", type=float, default=15.0, help="camera rate in fps (default 15)")
+    p.add_argument("--rate", type=float, default=10.0, help="camera rate in fps (default 10: 2 CPU cores track and reason at once)")
     p.set_defaults(func=run)
 
 

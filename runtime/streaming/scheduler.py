@@ -5,7 +5,11 @@ reasoning step runs on one worker thread (at most one step in flight, at most on
 request pending: a newer request replaces the pending one, counted as *coalesced*). Its
 result for frame t0 arrives later: the worker anchors a fresh tracker at t0 with the mask,
 steps it through the buffered frames up to the newest one ("catch-up"), and swaps it in
-between two frames, so the published mask always belongs to the newest frame.
+between two frames, so the published mask always belongs to the newest frame. A catch-up
+pass steps at most ``catchup_max_steps`` frames: when more are pending it steps an evenly
+spaced subset ending at the newest (trackers follow a few frames' motion); the new tracker
+is swapped in once at most ``catchup_gap`` frames are left or after ``catchup_passes``
+passes, so catch-up converges even when the tracker is barely faster than the camera.
 
 Triggers: a new query, every ``every_frames`` frames or ``every_seconds`` seconds, and
 ``confidence_patience`` consecutive frames with tracker confidence below
@@ -44,6 +48,9 @@ class StreamConfig:
     min_confidence: float = 0.3  # tracker confidence under this is "low"
     confidence_patience: int = 3  # consecutive low-confidence frames that trigger reasoning
     buffer_frames: int = 300  # frames kept for windows and catch-up (bounded memory)
+    catchup_max_steps: int = 8  # tracker steps per catch-up pass; more pending frames are subsampled
+    catchup_gap: int = 2  # swap the caught-up tracker in once at most this many frames are left
+    catchup_passes: int = 3  # ... or after this many passes
     retry_delay_s: float = 0.5  # wait before retrying a failed reasoning step
     blocking: bool = False  # wait for each reasoning result before the next frame (offline/deterministic)
 
@@ -52,6 +59,9 @@ class StreamConfig:
             raise InputError(f"window={self.window}, references={self.references}: expected window >= 1, references in 1..11")
         if self.buffer_frames < self.window:
             raise InputError(f"buffer_frames={self.buffer_frames} < window={self.window}: the buffer must hold a window")
+        if self.catchup_max_steps < 1 or self.catchup_passes < 1 or self.catchup_gap < 0:
+            raise InputError(f"catchup_max_steps={self.catchup_max_steps}, catchup_passes={self.catchup_passes}, "
+                             f"catchup_gap={self.catchup_gap}: expected >= 1, >= 1, >= 0")
 
 
 @dataclass
@@ -301,21 +311,36 @@ class StreamingRuntime:
             self.stats.catchup_s.append(time.monotonic() - t1)
 
     def _catch_up(self, generation: int, anchor: Frame, mask: np.ndarray) -> bool:
-        """Anchor a fresh tracker at ``anchor`` and step it to the newest frame, then swap it in."""
+        """Anchor a fresh tracker at ``anchor``, step it towards the newest frame, then swap it in.
+
+        Frames keep arriving during a pass; the tracker is swapped in once at most
+        ``catchup_gap`` of them are left (the next published frame bridges them), or after
+        ``catchup_passes`` passes, so a tracker only as fast as the camera still converges.
+        """
         shadow = self.tracker_factory()
         out, upto = shadow.anchor(anchor.image, mask), anchor.index
-        while True:
+        for passes in range(1, self.config.catchup_passes + 1):
             if generation != self._generation:
                 return False
             newer = self.buffer.after(upto)
             if self.buffer.last_evicted > upto:
                 return False  # frames after the anchor left the buffer: cannot catch up
-            for frame in newer:
+            for frame in subsample(newer, self.config.catchup_max_steps):
                 out, upto = shadow.step(frame.image), frame.index
                 self.stats.catchup_frames += 1
             with self._lock:
                 if generation != self._generation:
                     return False
-                if self.buffer.latest() == upto:
+                behind = len(self.buffer.after(upto))
+                if behind <= self.config.catchup_gap or passes == self.config.catchup_passes:
                     self._tracker, self._tracker_upto, self._tracker_out, self._anchor = shadow, upto, out, anchor.index
                     return True
+        return False
+
+
+def subsample(frames: list[Frame], n: int) -> list[Frame]:
+    """At most ``n`` of ``frames``, evenly spaced, always ending with the newest."""
+    if len(frames) <= n:
+        return frames
+    picks = np.linspace(len(frames) - 1, 0, n, endpoint=False)[::-1]
+    return [frames[int(round(p))] for p in picks]
