@@ -39,9 +39,8 @@ def square(r0, c0, r1=10, c1=10):
 GT = square(0, 0)
 
 
-@pytest.fixture
-def dataset(tmp_path):
-    root = tmp_path / "revos"
+def write_dataset(root):
+    """The ReVOS-format fixture (two videos of N frames, a referring and a reasoning expression each)."""
     frames = [f"{i:05d}" for i in range(N)]
     videos = {}
     for v in ("vid_a", "vid_b"):
@@ -59,6 +58,11 @@ def dataset(tmp_path):
     tfs = {"videos": {v: {"expressions": {"0": {"tp": 1.0}, "1": {"tp": 0.2}}} for v in videos}}
     (root / "tfs.json").write_text(json.dumps(tfs))
     return root
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return write_dataset(tmp_path / "revos")
 
 
 class Oracle:
