@@ -197,4 +197,4 @@ def test_cli_track_errors(clip, tmp_path, capsys):
     assert "first frame" in capsys.readouterr().err
     missing = tmp_path / "gt" / "none"
     assert main(["track", "--frames", str(missing), "--init-mask", str(small), "--out", str(tmp_path / "p")]) == 2
-    assert "frames folder not found" in capsys.readouterr().err
+    assert "image folder not found" in capsys.readouterr().err

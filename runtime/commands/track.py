@@ -6,9 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..errors import InputError, VisaEdgeError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+from ..errors import InputError
+from ..tracking.factory import TRACKERS
 
 
 def register(sub) -> None:
@@ -23,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--init-mask", required=True, metavar="PNG",
                    help="binary mask of the first frame (0 and one foreground value)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the mask PNGs")
-    p.add_argument("--tracker", choices=["flow", "xmem"], default="flow",
+    p.add_argument("--tracker", choices=TRACKERS, default="flow",
                    help="flow: weight-free optical-flow tracker (CPU, no checkpoint); "
                    "xmem: XMem (needs --checkpoint). Default flow")
     p.add_argument("--checkpoint", metavar="PTH", help="XMem checkpoint (official XMem.pth); required with --tracker xmem")
@@ -31,43 +30,25 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def frame_paths(folder: str | Path) -> list[Path]:
-    """Image files of a folder in file-name order (an error if there are none)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: frames folder not found")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise InputError(f"{folder}: no frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return paths
-
-
 def make_tracker(args: argparse.Namespace):
-    """The tracker named by --tracker; XMem is imported only when asked for."""
-    if args.tracker == "flow":
-        from ..tracking.flow import FlowTracker
+    """The tracker named by --tracker (XMem needs --checkpoint)."""
+    import torch
 
-        return FlowTracker()
-    if not args.checkpoint:
+    from ..tracking.factory import tracker_factory
+
+    if args.tracker == "xmem" and not args.checkpoint:
         raise InputError("--tracker xmem needs --checkpoint XMem.pth (or use --tracker flow, which needs no weights)")
-    try:
-        from ..tracking.xmem import XMemTracker
-    except ImportError as e:
-        raise VisaEdgeError(f"the XMem tracker is not available in this installation ({e}); use --tracker flow") from e
-    device = args.device
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return XMemTracker.from_checkpoint(args.checkpoint, device=device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return tracker_factory(args.tracker, args.checkpoint, device)()
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..io import read_mask, read_rgb, write_mask
+    from ..streaming.sources import ImageFolderSource
 
-    paths = frame_paths(args.frames)
+    paths = ImageFolderSource(args.frames).files
     mask = read_mask(args.init_mask)
     first = read_rgb(paths[0])
     if mask.shape != first.shape[:2]:

@@ -65,7 +65,9 @@ class ImageFolderSource(FrameSource):
 
     def __init__(self, folder: str | Path, fps: float = 30.0):
         self.folder = Path(folder)
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if self.folder.is_dir() else []
+        if not self.folder.is_dir():
+            raise InputError(f"{self.folder}: image folder not found")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise InputError(f"{self.folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
         self.fps = fps
