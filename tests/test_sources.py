@@ -122,3 +122,23 @@ def test_unknown_source_spec(tmp_path):
         open_source(str(tmp_path / "file.xyz"))
     with pytest.raises(InputError, match="no images"):
         open_source(str(tmp_path))
+
+
+def test_camera_source_reads_on_its_own_thread(tmp_path):
+    """An OpenCV capture (here a video file standing in for a device) feeds a bounded live queue."""
+    from visa_edge.runtime.streaming.sources import CameraSource
+
+    path = tmp_path / "cam.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 48))
+    for t in range(20):
+        writer.write(cv2.cvtColor(synthetic.frame(t, 48, 64), cv2.COLOR_RGB2BGR))
+    writer.release()
+    src = open_source(f"camera:{path}")
+    assert isinstance(src, CameraSource) and src.live
+    got = list(src)  # the capture ends with the file: the source closes itself
+    src.close()
+    assert len(got) + src.dropped == 20 and len(got) >= 4  # queue of 4: the oldest are dropped
+    assert [f.index for f in got] == sorted(f.index for f in got) and got[-1].index == 19
+    assert got[0].image.shape == (48, 64, 3)
+    with pytest.raises(InputError, match="could not be opened"):
+        open_source(f"camera:{tmp_path / 'nope.mp4'}")
