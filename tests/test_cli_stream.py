@@ -40,6 +40,8 @@ def test_run_writes_one_mask_and_record_per_frame(tiny_checkpoint, tmp_path):
     assert [r["index"] for r in records] == list(range(12))
     assert [r["mask_source"] for r in records if r["index"] in (0, 5, 10)] == ["reasoning"] * 3
     assert all(r["mask_source"] == "tracked" and r["anchor_age"] == r["index"] % 5 for r in records if r["index"] % 5)
+    stages = {"visual_tokens", "llm_prefill", "seg_head", "sam_encoder", "mask_decoder", "postprocess", "reasoning", "catchup"}
+    assert set(records[7]["anchor_latency_ms"]) == stages and records[7]["anchor_latency_ms"]["sam_encoder"] > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 12 and summary["stats"]["reasoning_completed"] == 3
     assert video_frames(out / "overlay.mp4") == 12

@@ -121,6 +121,22 @@ def test_reanchoring_catches_up_to_the_newest_frame():
     assert len(anchors) >= 3 and all(a % 20 == 0 for a in anchors)
 
 
+def test_time_cadence_and_anchor_latency_metadata():
+    reasoner = FakeReasoner()
+    with StreamingRuntime(reasoner, OrderCheckingTracker, StreamConfig(every_frames=None, every_seconds=0.1, blocking=True),
+                          query="the left thing") as rt:
+        out = []
+        for f in frames(16):
+            out.append(rt.process(f))
+            time.sleep(0.03)
+    calls = [c[0] for c in reasoner.calls]
+    assert calls[0] == 0 and 3 <= len(calls) <= 6  # 16 frames x ~30 ms = ~0.5 s at one step per 0.1 s
+    assert all(b - a >= 3 for a, b in zip(calls, calls[1:]))  # never more often than every 0.1 s
+    meta = out[-1].metadata()
+    assert set(meta["anchor_latency_ms"]) == {"reasoning", "catchup"}
+    assert meta["anchor_latency_ms"]["reasoning"] >= 0 and out[0].metadata()["anchor_latency_ms"] is not None
+
+
 def test_a_new_query_mid_stream_takes_effect():
     events = {30: lambda rt: rt.set_query("the right thing")}
     reasoner = FakeReasoner()

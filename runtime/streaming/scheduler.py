@@ -89,6 +89,7 @@ class FrameResult:
     arrival: float  # time.monotonic() when the runtime received the frame
     ready: float  # time.monotonic() when its mask was ready
     track_s: float  # tracker time for this frame
+    anchor_latency: dict[str, float] | None = None  # seconds per stage of the reasoning step behind the anchor
 
     @property
     def anchor_age(self) -> int | None:
@@ -108,6 +109,8 @@ class FrameResult:
             "query": self.query,
             "staleness_ms": round((self.ready - self.arrival) * 1000, 3),
             "track_ms": round(self.track_s * 1000, 3),
+            "anchor_latency_ms": None if self.anchor_latency is None
+            else {k: round(v * 1000, 3) for k, v in self.anchor_latency.items()},
         }
 
 
@@ -155,6 +158,7 @@ class StreamingRuntime:
         self._tracker_upto = -1  # newest frame the current tracker has seen
         self._tracker_out: TrackOutput | None = None  # its output for that frame
         self._anchor: int | None = None
+        self._anchor_latency: dict[str, float] | None = None
         self._query = ""
         self._generation = 0
         self._pending: tuple[int, int, str] | None = None  # (generation, target index, query)
@@ -179,6 +183,7 @@ class StreamingRuntime:
             self._query = " ".join(query.split())
             self._generation += 1
             self._tracker, self._tracker_out, self._tracker_upto, self._anchor = None, None, -1, None
+            self._anchor_latency = None
             self._last_request_index = None
             self._retry_at = None
         with self._wake:
@@ -204,7 +209,7 @@ class StreamingRuntime:
                 self._wait_idle()
         t0 = time.monotonic()
         with self._lock:
-            query, anchor = self._query, self._anchor
+            query, anchor, latency = self._query, self._anchor, self._anchor_latency
             if self._tracker is None:
                 out = None
             elif self._tracker_upto >= frame.index:
@@ -221,7 +226,7 @@ class StreamingRuntime:
             source = "reasoning" if anchor == frame.index else "tracked"
         low = source == "tracked" and conf < self.config.min_confidence  # a fresh reasoning mask is not "low"
         self._low_streak = self._low_streak + 1 if low else 0
-        return FrameResult(frame, mask, conf, source, anchor, query, arrival, time.monotonic(), track_s)
+        return FrameResult(frame, mask, conf, source, anchor, query, arrival, time.monotonic(), track_s, latency)
 
     def run(self, frames: Iterable[Frame], sinks: Sequence = (), on_result: Callable[[FrameResult], None] | None = None) -> RuntimeStats:
         """Process every frame of ``frames``, writing each result to ``sinks``."""
@@ -304,19 +309,21 @@ class StreamingRuntime:
         result = self.reasoner(refs + [window[-1]], query)
         self.stats.reasoning_s.append(time.monotonic() - t0)
         self.stats.reasoning_completed += 1
-        t1 = time.monotonic()
-        if not self._catch_up(generation, window[-1], result.mask):
+        latency = {**result.timings, "reasoning": self.stats.reasoning_s[-1]}
+        if not self._catch_up(generation, window[-1], result.mask, latency):
             self.stats.results_discarded += 1
         else:
-            self.stats.catchup_s.append(time.monotonic() - t1)
+            self.stats.catchup_s.append(latency["catchup"])
 
-    def _catch_up(self, generation: int, anchor: Frame, mask: np.ndarray) -> bool:
+    def _catch_up(self, generation: int, anchor: Frame, mask: np.ndarray, latency: dict[str, float]) -> bool:
         """Anchor a fresh tracker at ``anchor``, step it towards the newest frame, then swap it in.
 
         Frames keep arriving during a pass; the tracker is swapped in once at most
         ``catchup_gap`` of them are left (the next published frame bridges them), or after
         ``catchup_passes`` passes, so a tracker only as fast as the camera still converges.
+        ``latency`` (the step's stage timings) gains ``catchup`` and is published with the anchor.
         """
+        start = time.monotonic()
         shadow = self.tracker_factory()
         out, upto = shadow.anchor(anchor.image, mask), anchor.index
         for passes in range(1, self.config.catchup_passes + 1):
@@ -333,7 +340,9 @@ class StreamingRuntime:
                     return False
                 behind = len(self.buffer.after(upto))
                 if behind <= self.config.catchup_gap or passes == self.config.catchup_passes:
+                    latency["catchup"] = time.monotonic() - start
                     self._tracker, self._tracker_upto, self._tracker_out, self._anchor = shadow, upto, out, anchor.index
+                    self._anchor_latency = latency
                     return True
         return False
 
