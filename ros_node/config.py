@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..runtime.errors import InputError
-from ..runtime.streaming.build import DTYPE_NAMES, PipelineConfig
+from ..runtime.config import DTYPES
+from ..runtime.streaming.build import PipelineConfig
 from ..runtime.streaming.scheduler import StreamConfig
 
 QOS_NAMES = ("sensor_data", "reliable")  # sensor_data: best effort, volatile; reliable: reliable, volatile
@@ -36,7 +37,7 @@ PIPELINE_PARAMS = (
     Param("backend", "", "engine backend: onnxruntime | tensorrt (empty: what the engine folder was built for)"),
     Param("quantization", "none", "LLM weights: none | nf4 (bitsandbytes 4-bit)"),
     Param("device", "cpu", "torch device, e.g. cpu or cuda"),
-    Param("dtype", "fp32", f"weights and activations dtype: {' | '.join(DTYPE_NAMES)}"),
+    Param("dtype", "fp32", f"weights and activations dtype: {' | '.join(DTYPES)}"),
     Param("sam_checkpoint", "", "official SAM .pth whose tensors replace the checkpoint's (empty: none)"),
     Param("tracker", "flow", f"mask tracker between reasoning steps: {' | '.join(TRACKER_NAMES)}"),
     Param("xmem", "", "XMem.pth for tracker xmem (empty: engines must provide its networks)"),
@@ -116,8 +117,8 @@ def pipeline_config(values: Mapping[str, Any]) -> PipelineConfig:
             raise InputError(f"parameter {name!r} is not set ({DESCRIPTIONS[name]}): pass `--ros-args -p {name}:=DIR`")
     if values["quantization"] not in ("none", "nf4"):
         raise InputError(f"parameter quantization={values['quantization']!r}: expected none or nf4")
-    if values["dtype"] not in DTYPE_NAMES:
-        raise InputError(f"parameter dtype={values['dtype']!r}: expected one of {DTYPE_NAMES}")
+    if values["dtype"] not in DTYPES:
+        raise InputError(f"parameter dtype={values['dtype']!r}: expected one of {tuple(DTYPES)}")
     if values["tracker"] not in TRACKER_NAMES:
         raise InputError(f"parameter tracker={values['tracker']!r}: expected one of {TRACKER_NAMES}")
     return PipelineConfig(

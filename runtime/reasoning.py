@@ -66,13 +66,13 @@ class ReasoningStep:
     """Runs VISA's reasoning on frames with the networks behind ``engines`` (PyTorch by default)."""
 
     def __init__(self, model: VisaModel, engines: Mapping[str, Engine] | None = None):
+        """``engines`` (e.g. from ``load_engines``) replace the PyTorch network of the same name;
+        names that are not reasoning networks (the tracker's) are left to their users."""
         if model.llm is None:
             raise InputError("ReasoningStep: the model was loaded without its LLM (load_llm=False)")
         self.model = model
-        self.engines = dict(torch_engines(model)) if engines is None else dict(engines)
-        missing = sorted(set(REASONING_NETWORKS) - set(self.engines))
-        if missing:
-            raise InputError(f"engines: missing network(s) {missing}; expected {sorted(REASONING_NETWORKS)}")
+        given = {k: v for k, v in (engines or {}).items() if k in REASONING_NETWORKS}
+        self.engines = {**torch_engines(model), **given}
         self.device = model.device
         self.dtype = model.mm_projector.weight.dtype
 

@@ -6,7 +6,8 @@ import argparse
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from ..config import DTYPES
+
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -29,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import revos
     from ..backends.loading import load_engines
-    from ..networks import REASONING_NETWORKS, torch_engines
     from ..reasoning import ReasoningStep
     from ..streaming.reasoner import VisaReasoner
     from ..tracking.factory import tracker_factory
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     videos = revos.load_meta(args.meta, args.tfs)
     model = load_model(args)
     engines = load_engines(args.engines, backend=args.backend, device=args.device) if args.engines else {}
-    step = ReasoningStep(model, {**torch_engines(model), **{k: v for k, v in engines.items() if k in REASONING_NETWORKS}})
+    step = ReasoningStep(model, engines)
     trackers = tracker_factory(args.tracker, args.xmem, args.device, engines)
     total = sum(len(v.expressions) for v in videos)
     with tqdm(total=total, unit="expr", desc="segment") as bar:

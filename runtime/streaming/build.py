@@ -7,9 +7,6 @@ from dataclasses import dataclass, field
 from .reasoner import VisaReasoner
 from .scheduler import StreamConfig, StreamingRuntime
 
-DTYPE_NAMES = ("fp32", "fp16", "bf16")
-
-
 @dataclass(frozen=True)
 class PipelineConfig:
     """Where the model and engines are and how to run them."""
@@ -29,20 +26,17 @@ class PipelineConfig:
 
 def build_runtime(cfg: PipelineConfig, query: str = "") -> StreamingRuntime:
     """Load everything ``cfg`` names and return a running ``StreamingRuntime``."""
-    import torch
-
     from ..backends.loading import load_engines
+    from ..config import DTYPES
     from ..model import VisaModel
-    from ..networks import REASONING_NETWORKS, torch_engines
     from ..reasoning import ReasoningStep
     from ..tracking.factory import tracker_factory
 
     model = VisaModel.from_pretrained(
-        cfg.checkpoint, clip=cfg.clip, quantization=cfg.quantization, device=cfg.device,
-        dtype={"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.dtype],
+        cfg.checkpoint, clip=cfg.clip, quantization=cfg.quantization, device=cfg.device, dtype=DTYPES[cfg.dtype],
         sam_checkpoint=cfg.sam_checkpoint,
     )
     engines = load_engines(cfg.engines, backend=cfg.backend, device=cfg.device) if cfg.engines else {}
-    step = ReasoningStep(model, {**torch_engines(model), **{k: v for k, v in engines.items() if k in REASONING_NETWORKS}})
+    step = ReasoningStep(model, engines)
     trackers = tracker_factory(cfg.tracker, cfg.xmem, cfg.device, engines)
     return StreamingRuntime(VisaReasoner(step), trackers, cfg.stream, query=query)
