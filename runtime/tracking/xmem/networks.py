@@ -21,7 +21,7 @@ from torch import nn
 
 from ...backends import Engine, TorchEngine
 from ...networks import NetworkSpec
-from .modules import Decoder, KeyEncoder, KeyProjection, ValueEncoder, XMemModel
+from .modules import KeyEncoder, KeyProjection, XMemModel
 
 XMEM_NETWORKS: dict[str, NetworkSpec] = {
     "xmem_key_encoder": NetworkSpec(("image",), ("key", "shrinkage", "selection", "f16", "f8", "f4")),
@@ -44,38 +44,12 @@ class KeyEncoderNet(nn.Module):
         return key, shrinkage, selection, f16, f8, f4
 
 
-class ValueEncoderNet(nn.Module):
-    """Value encoder; always returns the deep-updated hidden state next to the value."""
-
-    def __init__(self, value_encoder: ValueEncoder):
-        super().__init__()
-        self.value_encoder = value_encoder
-
-    def forward(
-        self, image: torch.Tensor, mask: torch.Tensor, others: torch.Tensor, f16: torch.Tensor, hidden: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.value_encoder(image, mask, others, f16, hidden)
-
-
-class DecoderNet(nn.Module):
-    """Decoder; always returns the updated hidden state next to the 1/4-resolution logits."""
-
-    def __init__(self, decoder: Decoder):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(
-        self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, readout: torch.Tensor, hidden: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.decoder(f16, f8, f4, readout, hidden)
-
-
 def xmem_modules(model: XMemModel) -> dict[str, nn.Module]:
     """name -> nn.Module for every XMem network (sharing the parameters of ``model``)."""
     return {
         "xmem_key_encoder": KeyEncoderNet(model.key_encoder, model.key_proj).eval(),
-        "xmem_value_encoder": ValueEncoderNet(model.value_encoder).eval(),
-        "xmem_decoder": DecoderNet(model.decoder).eval(),
+        "xmem_value_encoder": model.value_encoder.eval(),  # forwards already match the specs
+        "xmem_decoder": model.decoder.eval(),
     }
 
 
