@@ -308,6 +308,21 @@ def test_engine_binds_tensor_addresses_and_enqueues_on_the_torch_stream(fake_eng
     assert engine.context.streams == [1234]
 
 
+def test_each_thread_runs_its_own_execution_context(fake_engine_file):
+    import threading
+
+    engine = TensorRTEngine("double", fake_engine_file, device="cpu")
+    x = torch.ones(2, 3)
+    engine.run({"x": x})
+    other = {}
+    thread = threading.Thread(target=lambda: other.update(out=engine.run({"x": 3 * x}), context=engine.context))
+    thread.start()
+    thread.join()
+    assert torch.equal(other["out"]["y"], 6 * x)
+    assert other["context"] is not engine.context and engine.context.streams == [1234]
+    assert other["context"].streams == [1234]
+
+
 def test_engine_errors(fake_engine_file, tmp_path):
     engine = TensorRTEngine("double", fake_engine_file, device="cpu")
     with pytest.raises(EngineError, match=r"input 'x' shape \[5, 3\] is outside the engine's profile"):

@@ -9,6 +9,7 @@ work without extra synchronisation (no pycuda).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,7 +51,9 @@ class TensorRTEngine:
 
     Inputs are moved to ``device``, cast to the engine's input dtypes and checked
     against ``shapes``/``dims`` (the exported profile, if given). Outputs are freshly
-    allocated torch tensors. One execution context per engine: not thread-safe.
+    allocated torch tensors. Each calling thread gets its own execution context: the
+    streaming runtime steps two trackers that share engines (the published one and the
+    one catching up) on two threads, and one context must not be enqueued concurrently.
     """
 
     backend = "tensorrt"
@@ -75,7 +78,7 @@ class TensorRTEngine:
                 f"{path}: TensorRT {trt.__version__} could not deserialize the engine (see the TensorRT log); "
                 "engines only load with the TensorRT version and GPU model they were built with"
             )
-        self.context = self.engine.create_execution_context()
+        self._contexts = threading.local()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = tuple(n for n in names if is_input[n])
@@ -84,22 +87,30 @@ class TensorRTEngine:
         self._shapes = dict(shapes or {})
         self._dims = dict(dims or {})
 
+    @property
+    def context(self):
+        """This thread's execution context (created on first use)."""
+        if not hasattr(self._contexts, "context"):
+            self._contexts.context = self.engine.create_execution_context()
+        return self._contexts.context
+
     def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         check_inputs(self.name, inputs, self._shapes, self._dims)
+        context = self.context
         bound = {}  # keeps converted inputs alive until the engine is enqueued
         for n in self.input_names:
             t = require(inputs, n, self.name).to(self.device, self._dtypes[n]).contiguous()
             bound[n] = t
-            if not self.context.set_input_shape(n, tuple(t.shape)):
+            if not context.set_input_shape(n, tuple(t.shape)):
                 raise EngineError(f"engine {self.name!r}: input {n!r} shape {list(t.shape)} is outside the engine's profile")
-            self.context.set_tensor_address(n, t.data_ptr())
+            context.set_tensor_address(n, t.data_ptr())
         outputs = {}
         for n in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(n))
+            shape = tuple(context.get_tensor_shape(n))
             if any(d < 0 for d in shape):
                 raise EngineError(f"engine {self.name!r}: output {n!r} shape {list(shape)} is not determined by the inputs")
             outputs[n] = torch.empty(shape, dtype=self._dtypes[n], device=self.device)
-            self.context.set_tensor_address(n, outputs[n].data_ptr())
-        if not self.context.execute_async_v3(current_stream_handle(self.device)):
+            context.set_tensor_address(n, outputs[n].data_ptr())
+        if not context.execute_async_v3(current_stream_handle(self.device)):
             raise EngineError(f"engine {self.name!r}: TensorRT execution failed (see the TensorRT log)")
         return outputs
