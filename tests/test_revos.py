@@ -80,7 +80,7 @@ class Copy(Tracker):
     def reset(self):
         pass
 
-    def step(self, frame, mask=None):
+    def step(self, frame, mask=None, *, objects=None, index=None):
         Copy.steps += 1
         if mask is not None:
             self.mask = mask.astype(np.float32)

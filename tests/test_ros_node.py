@@ -129,7 +129,7 @@ class PolarityTracker(Tracker):
     def reset(self) -> None:
         self.red = None
 
-    def step(self, frame, mask=None) -> TrackOutput:
+    def step(self, frame, mask=None, *, objects=None, index=None) -> TrackOutput:
         red = frame[..., 0] > 128
         if mask is not None:
             self.red = bool(red[mask > 0].all())

@@ -40,7 +40,7 @@ class OrderCheckingTracker(Tracker):
     def reset(self) -> None:
         self.mask = self.last = None
 
-    def step(self, frame, mask=None) -> TrackOutput:
+    def step(self, frame, mask=None, *, objects=None, index=None) -> TrackOutput:
         index = int(frame[0, 0, 0])
         if mask is not None:
             self.mask = mask.astype(np.float32)
@@ -239,7 +239,7 @@ def test_streaming_with_the_tiny_visa_checkpoint(tiny_checkpoint):
         def reset(self):
             pass
 
-        def step(self, frame, mask=None):
+        def step(self, frame, mask=None, *, objects=None, index=None):
             if mask is not None:
                 self.mask = mask.astype(np.float32)
             return TrackOutput(self.mask, 1.0)

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from ..errors import InputError
-from .base import Tracker, TrackOutput
+from .base import Tracker, TrackOutput, mask_objects
 
 
 @dataclass
@@ -155,7 +156,10 @@ class FlowTracker(Tracker):
         self._since_reference = 0
         self._empty_reference = False
 
-    def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> TrackOutput:
+    def step(self, frame: np.ndarray, mask: np.ndarray | None = None, *, objects: Sequence[int] | None = None,
+             index: int | None = None) -> TrackOutput:
+        if mask is not None and len(mask_objects(mask, objects)) > 1:
+            raise InputError(f"FlowTracker: {len(mask_objects(mask, objects))} objects given; it tracks one (object 1)")
         frame = self._check_frame(frame)
         out_size = frame.shape[:2]
         if mask is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import torch
 
 from ...backends import Engine
 from ...errors import InputError
-from ..base import Tracker, TrackOutput
+from ..base import Tracker, TrackOutput, mask_objects
 from . import frames
 from .checkpoint import load_xmem
 from .config import XMemConfig
@@ -119,21 +119,25 @@ class XMemTracker(Tracker):
         self.memory = XMemMemory(self.config)
         self.session: Session | None = None
 
-    def anchor(self, frame: np.ndarray, mask: np.ndarray) -> TrackOutput:
+    def anchor(self, frame: np.ndarray, mask: np.ndarray, *, objects: Sequence[int] | None = None,
+               index: int | None = None) -> TrackOutput:
         """Restart from ``mask`` at ``frame``: the memory is cleared and this frame becomes the first reference.
 
         The caller steps the frames after it again; memory written from those frames under the
         previous reference would contradict the new one and appear twice.
         """
         self.reset()
-        return self.step(frame, mask)
+        return self.step(frame, mask, objects=objects, index=index)
 
-    def step(self, frame: np.ndarray, mask: np.ndarray | None = None, *, end: bool = False) -> TrackOutput:
+    def step(self, frame: np.ndarray, mask: np.ndarray | None = None, *, objects: Sequence[int] | None = None,
+             index: int | None = None, end: bool = False) -> TrackOutput:
         """Track into ``frame`` or take ``mask`` as its reference (added to the memory, which is kept).
 
         ``end=True`` marks the last frame of a finite video: as in the original, it is not written
         to memory and the hidden state is not updated (the returned map is the same).
         """
+        if mask is not None and len(mask_objects(mask, objects)) > 1:
+            raise InputError(f"XMemTracker: {len(mask_objects(mask, objects))} objects given; it tracks one (object 1)")
         frames.check_frame(frame)
         reference = None if mask is None else frames.check_mask(mask, frame.shape)
         if reference is not None and not reference.any():
