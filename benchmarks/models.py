@@ -30,7 +30,7 @@ from visa_edge.runtime.errors import InputError
 from visa_edge.runtime.llm import expand_image_tokens, llama_config, seg_hidden_states
 from visa_edge.runtime.model import VisaModel, seg_head
 from visa_edge.runtime.networks import MAX_FRAMES
-from visa_edge.runtime.prompt import MAX_REFERENCES, PromptTokenizer
+from visa_edge.runtime.prompt import MAX_REFERENCES, load_prompt_tokenizer
 from visa_edge.runtime.sam import SamEncoderConfig, build_sam_parts
 from visa_edge.runtime.tracking.xmem import XMemConfig, XMemModel, load_xmem
 
@@ -264,15 +264,14 @@ def random_visa7b(workdir: Path, device: torch.device, llm: bool, seed: int = 0)
     splits the prompt into 277 text tokens, more than Vicuna's 32k-piece tokenizer, so the window
     (1,621 tokens) is longer than VISA-7B's by less than 277 tokens.
     """
-    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from visa_edge.runtime.tiny import write_tiny_checkpoint
 
     tiny = write_tiny_checkpoint(workdir / "tokenizer", seed=seed)
     torch.manual_seed(seed)
     with quiet_transformers():
-        prompt = PromptTokenizer.from_tokenizer(AutoTokenizer.from_pretrained(str(tiny.checkpoint), local_files_only=True),
-                                                str(tiny.checkpoint))
+        prompt = load_prompt_tokenizer(tiny.checkpoint)
         tower = ClipVisionTower(CLIPVisionModel(CLIPVisionConfig(**CLIP_VIT_L14)).eval(), VICUNA_7B.mm_vision_select_layer)
     cfg = VICUNA_7B
     sam = build_sam_parts(SamEncoderConfig())

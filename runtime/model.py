@@ -22,7 +22,7 @@ from .clustering import TokenClustering
 from .config import VisaConfig
 from .errors import CheckpointError
 from .llm import build_llama, llama_config
-from .prompt import PromptTokenizer
+from .prompt import PromptTokenizer, load_prompt_tokenizer
 from .sam import PARTS, SamEncoderConfig, SamImageEncoder, SegMaskDecoder, build_sam_parts
 
 LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
@@ -81,6 +81,11 @@ class VisaModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.mm_projector.weight.device
+
+    def check_query(self, query: str, n_frames: int = 12) -> None:
+        """Raise InputError unless ``query`` is a string whose prompt, with ``n_frames`` frames of
+        visual tokens, fits the LLM's ``max_position_embeddings``."""
+        self.prompt.check_query(query, n_frames, self.config.cluster.tokens_per_frame, self.config.max_position_embeddings)
 
     def visual_token_net(self) -> VisualTokenNet:
         return VisualTokenNet(self.vision_tower, self.clustering, self.mm_projector)
@@ -163,13 +168,7 @@ def split_state_dict(sd: dict[str, torch.Tensor], source: str) -> dict[str, dict
 
 
 def _load_prompt_tokenizer(folder: Path, config: VisaConfig) -> PromptTokenizer:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{folder}: no usable tokenizer ({e}); expected tokenizer files next to config.json") from e
-    prompt = PromptTokenizer.from_tokenizer(tokenizer, f"{folder} (tokenizer)")
+    prompt = load_prompt_tokenizer(folder)
     if prompt.seg_token_id >= config.vocab_size:
         raise CheckpointError(
             f"{folder}: tokenizer [SEG] id {prompt.seg_token_id} is outside the model vocabulary ({config.vocab_size} in config.json)"

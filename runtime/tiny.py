@@ -111,18 +111,32 @@ def _config_dict(spec: TinySpec, vocab_size: int) -> dict:
 
 
 def _write_tokenizer(folder: Path) -> int:
-    """Train a small LLaMA-style sentencepiece model (BPE, byte fallback) and add [SEG]."""
+    """Train a small sentencepiece model with LLaMA's settings and write it with [SEG] added.
+
+    The files are those transformers 4.31 ``save_pretrained`` writes for VISA's tokenizer
+    (tokenizer.model, tokenizer_config.json, special_tokens_map.json, added_tokens.json), so
+    the tiny checkpoint is tokenised by the same path as a real one. Returns the base vocabulary size.
+    """
     import sentencepiece as spm
 
-    corpus = [prompt.conversation(q, 11) for q in _CORPUS_QUERIES] + [_CHARSET]
+    # One training sentence per line, as a text corpus is read: "\n" is then not a piece and
+    # falls back to its byte, as in LLaMA's model.
+    text = "\n".join(prompt.conversation(q, 11) for q in _CORPUS_QUERIES).replace(prompt.IMAGE_TOKEN, "\n")
+    lines = text.splitlines()
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus * 8),
+        sentence_iterator=iter((lines + [_CHARSET]) * 8),
         model_writer=buf,
         vocab_size=400,
         model_type="bpe",
         character_coverage=1.0,
         byte_fallback=True,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        max_sentencepiece_length=16,
         unk_id=0,
         bos_id=1,
         eos_id=2,
@@ -133,17 +147,27 @@ def _write_tokenizer(folder: Path) -> int:
     )
     (folder / "tokenizer.model").write_bytes(buf.getvalue())
     vocab = spm.SentencePieceProcessor(model_proto=buf.getvalue()).get_piece_size()
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps(
-            {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": True,
-             "model_max_length": 2048, "padding_side": "right", "clean_up_tokenization_spaces": False, **specials},
-            indent=2,
-        )
-    )
-    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
-    (folder / "added_tokens.json").write_text(json.dumps({prompt.SEG_TOKEN: vocab}))
+    specials = {k: _added_token(v) for k, v in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))}
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "legacy": True,
+        "model_max_length": 512,
+        "pad_token": None,
+        "padding_side": "right",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+        **{k: {"__type": "AddedToken", **v} for k, v in specials.items()},
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    (folder / "special_tokens_map.json").write_text(json.dumps({**specials, "pad_token": "<unk>"}, indent=2, sort_keys=True))
+    (folder / "added_tokens.json").write_text(json.dumps({prompt.SEG_TOKEN: vocab}, indent=2))
     return vocab
+
+
+def _added_token(content: str) -> dict:
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
 
 
 _CORPUS_QUERIES = (

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from visa_edge.runtime.errors import InputError
-from visa_edge.runtime.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, conversation, question
+from visa_edge.runtime.prompt import IMAGE_TOKEN_INDEX, conversation, load_prompt_tokenizer, question
 
 
 def test_golden_prompt_string(golden_visa):
@@ -49,19 +49,19 @@ def test_empty_query_is_rejected():
 
 
 def test_golden_token_ids(golden_visa):
-    from transformers import AutoTokenizer
-
-    tok = PromptTokenizer.from_tokenizer(AutoTokenizer.from_pretrained(str(golden_visa / "hf_model")), "golden")
+    tok = load_prompt_tokenizer(golden_visa / "hf_model")
     ids = tok("the red ball moving to the right", 11)
     assert ids == np.load(golden_visa / "inputs.npz")["input_ids"][0].tolist()
     assert ids.count(IMAGE_TOKEN_INDEX) == 12 and ids[0] == 1 and ids[123] == tok.seg_token_id == 320
 
 
-def test_sentencepiece_tokenizer_keeps_one_bos_and_the_seg_token(tiny_checkpoint):
-    from transformers import AutoTokenizer
+def test_tiny_sentencepiece_tokenizer_keeps_one_bos_and_the_seg_token(tiny_checkpoint):
+    import sentencepiece as spm
 
-    tok = PromptTokenizer.from_tokenizer(AutoTokenizer.from_pretrained(str(tiny_checkpoint.checkpoint)), "tiny")
+    tok = load_prompt_tokenizer(tiny_checkpoint.checkpoint)
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_checkpoint.checkpoint / "tokenizer.model"))
     ids = tok("the car that is about to turn", 3)
-    assert ids.count(tok.tokenizer.bos_token_id) == 1 and ids[0] == tok.tokenizer.bos_token_id
+    assert ids.count(1) == 1 and ids[0] == 1
     assert ids.count(IMAGE_TOKEN_INDEX) == 4
-    assert ids.count(tok.seg_token_id) == 1 and ids[-1] == tok.tokenizer.eos_token_id
+    assert ids.count(tok.seg_token_id) == 1 and tok.seg_token_id == sp.get_piece_size() and ids[-1] == 2
+    assert sp.id_to_piece(ids[ids.index(tok.seg_token_id) - 1]) == "\u2581is"
