@@ -8,7 +8,6 @@ file and what was expected.
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .validate import read_json_object
 
 WEIGHT_FILES = (
     "model.safetensors.index.json",
@@ -36,11 +36,7 @@ def weight_files(folder: str | Path) -> list[Path]:
             continue
         if not name.endswith(".index.json"):
             return [path]
-        try:
-            index = json.loads(path.read_text())
-            shards = sorted(set(index["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"{path}: not a valid weight index (expected a JSON object with 'weight_map')") from e
+        shards = _index_shards(path, folder)
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{path}: shard(s) listed in the index are missing from {folder}: {missing}")
@@ -65,7 +61,23 @@ def load_file(path: Path, keep: Callable[[str], bool] | None = None) -> dict[str
         raise CheckpointError(f"{path}: could not be read as a weight file ({type(e).__name__}: {e})") from e
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}")
+    bad = [f"{k!r}: {type(v).__name__}" for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: expected a state dict of name -> tensor; {len(bad)} entries are not: {_clip_list(bad, 5)}")
     return {k: v for k, v in sd.items() if keep is None or keep(k)}
+
+
+def _index_shards(path: Path, folder: Path) -> list[str]:
+    """The shard file names of a weight index (``weight_map``: tensor name -> file in ``folder``)."""
+    index = read_json_object(path, "a weight index (a JSON object with 'weight_map')", CheckpointError)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        found = "missing" if "weight_map" not in index else repr(weight_map)[:60]
+        raise CheckpointError(f"{path}: 'weight_map' is {found}; expected an object mapping tensor names to shard files")
+    bad = sorted({repr(v) for v in weight_map.values() if not isinstance(v, str) or Path(v).name != v or not v})
+    if bad:
+        raise CheckpointError(f"{path}: weight_map names {_clip_list(bad, 5)}; expected shard file names inside {folder}")
+    return sorted(set(weight_map.values()))
 
 
 def load_state_dict(folder: str | Path, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:

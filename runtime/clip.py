@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,11 @@ from torch import nn
 
 from .errors import CheckpointError
 from .sam import check_rgb
+from .validate import Fields, read_json_object
 
+MAX_CLIP_IMAGE = 4096
+MAX_CLIP_WIDTH = 1 << 14
+MAX_CLIP_LAYERS = 256
 _PIL_RESAMPLE = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image.BICUBIC}
 
 
@@ -33,22 +36,19 @@ class ClipPreprocess:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "ClipPreprocess":
+        """Read and check ``folder/preprocessor_config.json`` (sizes, mean, std, resample)."""
         path = Path(folder) / "preprocessor_config.json"
-        if not path.is_file():
-            raise CheckpointError(f"{path}: not found; the CLIP folder must hold the CLIPImageProcessor config")
-        d = json.loads(path.read_text())
-        size, crop = d.get("size", 224), d.get("crop_size", 224)
-        size = size["shortest_edge"] if isinstance(size, dict) else size
-        crop = crop["height"] if isinstance(crop, dict) else crop
-        if int(d.get("resample", 3)) not in _PIL_RESAMPLE:
-            raise CheckpointError(f"{path}: unsupported resample {d.get('resample')}; expected one of {sorted(_PIL_RESAMPLE)}")
-        return cls(
-            size=int(size),
-            crop=int(crop),
-            mean=tuple(d.get("image_mean", cls.mean)),
-            std=tuple(d.get("image_std", cls.std)),
-            resample=int(d.get("resample", 3)),
-        )
+        d = read_json_object(path, "the CLIPImageProcessor config of the CLIP folder", CheckpointError)
+        f = Fields(d, str(path), CheckpointError)
+        size = _side(f, "size", ("shortest_edge",))
+        crop = _side(f, "crop_size", ("height", "width"))
+        if crop > size:
+            raise CheckpointError(f"{path}: crop_size {crop} is larger than size {size}; expected crop_size <= size")
+        resample = f.integer("resample", 3)
+        if resample not in _PIL_RESAMPLE:
+            raise CheckpointError(f"{path}: unsupported resample {resample}; expected one of {sorted(_PIL_RESAMPLE)}")
+        return cls(size=size, crop=crop, mean=_triple(f, "image_mean", cls.mean, False),
+                   std=_triple(f, "image_std", cls.std, True), resample=resample)
 
     def __call__(self, frame: np.ndarray) -> torch.Tensor:
         """RGB uint8 HxWx3 -> [3, crop, crop] float32."""
@@ -93,22 +93,79 @@ class ClipVisionTower(nn.Module):
 
 
 def load_clip(folder: str | Path, dtype: torch.dtype, select_layer: int) -> ClipVisionTower:
-    """Load a Hugging Face CLIP folder (``CLIPVisionModel`` or full ``CLIPModel``) as a vision tower."""
+    """Load a Hugging Face CLIP folder (``CLIPVisionModel`` or full ``CLIPModel``) as a vision tower.
+
+    Its ``config.json`` is checked (sizes, and an image size equal to the preprocessor's crop)
+    before transformers builds anything from it.
+    """
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder / 'config.json'}: not found; expected a Hugging Face CLIP vision folder")
+    image_size = check_clip_config(folder / "config.json")
+    crop = ClipPreprocess.from_folder(folder).crop
+    if crop != image_size:
+        raise CheckpointError(
+            f"{folder / 'preprocessor_config.json'}: crop_size {crop} does not match image_size {image_size} of "
+            f"{folder / 'config.json'}; expected the preprocessor to crop to the model's image size"
+        )
     try:
         config = CLIPVisionConfig.from_pretrained(str(folder))
         model, info = CLIPVisionModel.from_pretrained(
             str(folder), config=config, dtype=dtype, local_files_only=True, output_loading_info=True
         )
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder}: could not load the CLIP vision model ({e})") from e
+    except Exception as e:  # corrupt weights or shapes rejected inside transformers: name the folder
+        raise CheckpointError(f"{folder}: could not load the CLIP vision model ({type(e).__name__}: {_first_line(e)})") from e
     missing = [k for k in info["missing_keys"] if "position_ids" not in k]
     if missing or info.get("mismatched_keys"):
         raise CheckpointError(
             f"{folder}: CLIP weights incomplete; missing {sorted(missing)[:20]}, shape mismatches {info.get('mismatched_keys')}"
         )
     return ClipVisionTower(model.eval(), select_layer)
+
+
+def check_clip_config(path: Path) -> int:
+    """Check the sizes of a CLIP ``config.json`` (a CLIPVisionConfig or a CLIPModel's ``vision_config``); its image size."""
+    d = read_json_object(path, "a Hugging Face CLIP config", CheckpointError)
+    source = str(path)
+    if "vision_config" in d:
+        d, source = d["vision_config"], f"{path} vision_config"
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: is {type(d).__name__}; expected a JSON object")
+    f = Fields(d, source, CheckpointError)
+    image_size = f.integer("image_size", 224, lo=1, hi=MAX_CLIP_IMAGE)
+    f.integer("patch_size", 32, lo=1, hi=image_size)
+    hidden = f.integer("hidden_size", 768, lo=1, hi=MAX_CLIP_WIDTH)
+    heads = f.integer("num_attention_heads", 12, lo=1, hi=hidden)
+    if hidden % heads:
+        raise CheckpointError(f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+    f.integer("intermediate_size", 3072, lo=1, hi=4 * MAX_CLIP_WIDTH)
+    f.integer("num_hidden_layers", 12, lo=1, hi=MAX_CLIP_LAYERS)
+    f.integer("num_channels", 3, lo=3, hi=3)
+    return image_size
+
+
+def _side(f: Fields, name: str, keys: tuple[str, ...]) -> int:
+    """A preprocessor size: an integer, or an object whose ``keys`` hold one equal integer."""
+    value = f.data.get(name, 224)
+    if isinstance(value, dict):
+        sides = {Fields(value, f"{f.source} {name}", CheckpointError).integer(k, lo=1, hi=MAX_CLIP_IMAGE) for k in keys}
+        if len(sides) != 1:
+            raise f.fail(name, value, f"a square size ({' = '.join(keys)})")
+        return sides.pop()
+    return f.integer(name, 224, lo=1, hi=MAX_CLIP_IMAGE)
+
+
+def _triple(f: Fields, name: str, default: tuple[float, ...], positive: bool) -> tuple[float, float, float]:
+    """Three finite per-channel numbers (positive for the std)."""
+    value = f.data.get(name, list(default))
+    if not isinstance(value, list) or len(value) != 3:
+        raise f.fail(name, value, "a list of 3 numbers (R, G, B)")
+    channels = Fields(dict(enumerate(value)), f"{f.source} {name}", CheckpointError)
+    return tuple(channels.number(i, positive=positive) for i in range(3))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no message"

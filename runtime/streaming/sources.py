@@ -8,12 +8,14 @@ Live sources (camera, push) can outrun the consumer; their queue is bounded and 
 
 from __future__ import annotations
 
-import queue
+import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -92,19 +94,42 @@ class VideoFileSource(FrameSource):
         self.fps = self._probe_fps()
 
     def _probe_fps(self) -> float:
-        with self._av.open(str(self.path)) as container:
-            stream = container.streams.video[0]
-            return float(stream.average_rate or 30)
+        try:
+            with self._av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise InputError(f"{self.path}: no video stream (streams: {_stream_kinds(container)}); expected a video")
+                return float(container.streams.video[0].average_rate or 30)
+        except InputError:
+            raise
+        except Exception as e:  # PyAV raises many types for corrupt, empty or truncated files
+            raise InputError(f"{self.path}: not a readable video ({type(e).__name__}: {e})") from e
 
     def __iter__(self) -> Iterator[Frame]:
         try:
             container = self._av.open(str(self.path))
-        except self._av.error.FFmpegError as e:
-            raise InputError(f"{self.path}: not a readable video ({e})") from e
+        except Exception as e:
+            raise InputError(f"{self.path}: not a readable video ({type(e).__name__}: {e})") from e
         with container:
-            for i, frame in enumerate(container.decode(video=0)):
+            frames = container.decode(video=0)
+            i = 0
+            while True:
+                try:
+                    frame = next(frames, None)
+                    image = None if frame is None else frame.to_ndarray(format="rgb24")
+                except Exception as e:
+                    raise InputError(f"{self.path}: video data unreadable after {i} frames ({type(e).__name__}: {e})") from e
+                if image is None:
+                    break
                 t = float(frame.time) if frame.time is not None else i / self.fps
-                yield Frame(i, t, frame.to_ndarray(format="rgb24"), f"{i:05d}")
+                yield Frame(i, t, image, f"{i:05d}")
+                i += 1
+        if i == 0:
+            raise InputError(f"{self.path}: video has no decodable frames")
+
+
+def _stream_kinds(container) -> str:
+    kinds = [s.type for s in container.streams]
+    return ", ".join(kinds) if kinds else "none"
 
 
 class RosbagSource(FrameSource):
@@ -123,7 +148,7 @@ class RosbagSource(FrameSource):
         except ImportError as e:
             raise InputError(f"{self.path}: reading rosbags needs rosbags (pip install 'visa-edge[bag]')") from e
         self._reader_cls = AnyReader
-        with AnyReader([self._bag_dir()]) as reader:
+        with self._open() as reader:
             topics = {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_MSGTYPES}
         if topic is None:
             if len(topics) != 1:
@@ -136,56 +161,92 @@ class RosbagSource(FrameSource):
     def _bag_dir(self) -> Path:
         return self.path if self.path.is_dir() else self.path.parent
 
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[Any]:
+        """An opened AnyReader, or InputError naming the bag (rosbags raises many types for bad bags)."""
+        try:
+            reader = self._reader_cls([self._bag_dir()])
+            reader.open()
+        except Exception as e:
+            raise InputError(f"{self.path}: not a readable rosbag2 ({type(e).__name__}: {e}); expected a folder with "
+                             "metadata.yaml and its .mcap or .db3 files") from e
+        try:
+            yield reader
+        finally:
+            reader.close()
+
     def __iter__(self) -> Iterator[Frame]:
-        with self._reader_cls([self._bag_dir()]) as reader:
+        with self._open() as reader:
             conns = [c for c in reader.connections if c.topic == self.topic]
-            for i, (conn, _, raw) in enumerate(reader.messages(connections=conns)):
-                msg = reader.deserialize(raw, conn.msgtype)
-                stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            messages = reader.messages(connections=conns)
+            i = 0
+            while True:
+                where = f"{self.path} {self.topic} message {i}"
                 try:
+                    item = next(messages, None)
+                    if item is None:
+                        break
+                    conn, _, raw = item
+                    msg = reader.deserialize(raw, conn.msgtype)
+                    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
                     if conn.msgtype.endswith("CompressedImage"):
                         image = decode_compressed(msg.format, msg.data)
                     else:
                         image = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
                 except InputError as e:
-                    raise InputError(f"{self.path} {self.topic} message {i}: {e}") from e
+                    raise InputError(f"{where}: {e}") from e
+                except Exception as e:
+                    raise InputError(f"{where}: unreadable ({type(e).__name__}: {e})") from e
                 yield Frame(i, stamp, image, f"{i:05d}")
+                i += 1
 
 
 class PushSource(FrameSource):
-    """In-process source fed by ``push`` (e.g. from a ROS callback); bounded, drops the oldest."""
+    """In-process source fed by ``push`` (e.g. from a ROS callback); bounded, drops the oldest.
+
+    ``push`` never blocks and never raises on a race with the consumer: the frames sit in a
+    deque guarded by one condition variable.
+    """
 
     live = True
 
     def __init__(self, maxsize: int = 4):
-        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._lock = threading.Lock()
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise InputError(f"queue size {maxsize!r}: expected an integer >= 1")
+        self.maxsize = maxsize
+        self._frames: deque[Frame] = deque()
+        self._ready = threading.Condition()
         self._next = 0
         self._closed = threading.Event()
         self.dropped = 0
 
     def push(self, image: np.ndarray, timestamp: float | None = None, name: str | None = None) -> Frame:
         """Queue a frame; returns it with its assigned index."""
-        with self._lock:
+        with self._ready:
             frame = Frame(self._next, time.time() if timestamp is None else timestamp, image, name or f"{self._next:05d}")
             self._next += 1
-            while True:
-                try:
-                    self._queue.put_nowait(frame)
-                    return frame
-                except queue.Full:
-                    self._queue.get_nowait()
-                    self.dropped += 1
+            if len(self._frames) >= self.maxsize:
+                self._frames.popleft()
+                self.dropped += 1
+            self._frames.append(frame)
+            self._ready.notify()
+            return frame
 
     def close(self) -> None:
         self._closed.set()
+        with self._ready:
+            self._ready.notify_all()
 
     def __iter__(self) -> Iterator[Frame]:
-        while not (self._closed.is_set() and self._queue.empty()):
-            try:
-                yield self._queue.get(timeout=0.05)
-            except queue.Empty:
-                continue
+        while True:
+            with self._ready:
+                if not self._frames:
+                    if self._closed.is_set():
+                        return
+                    self._ready.wait(timeout=0.05)
+                    continue
+                frame = self._frames.popleft()
+            yield frame
 
 
 class CameraSource(PushSource):
