@@ -1,12 +1,14 @@
 """The node's ROS parameters and how they map to PipelineConfig, StreamConfig and NodeConfig.
 
-Pure Python (no rclpy): the launch file, the CLI and tests use the same table. Every
-parameter is read once at start-up; an empty string or 0 means "not set" where noted.
+Pure Python (no rclpy): the launch file, the CLI and tests use the same table. The
+parameters in DYNAMIC can be changed while the node runs (validated, applied to the next
+frame); every other one is read once at start-up (read-only). An empty string or 0 means
+"not set" where noted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +67,15 @@ NODE_PARAMS = (
     Param("output_depth", 10, "history depth of the output publishers"),
     Param("queue_size", 2, "frames waiting for the tracker; when full the oldest is dropped (counted)"),
     Param("publish_overlay", False, "also publish `overlay` (rgb8 frame with the mask drawn on it)"),
+    Param("publish_when_paused", True, "while paused (empty query) keep publishing one empty mask per frame, with "
+          "mask_source 'paused' on mask_info (false: publish nothing per frame while paused)"),
     Param("diagnostics_period", 1.0, "seconds between two `diagnostics` messages"),
 )
 
 PARAMETERS = PIPELINE_PARAMS + STREAM_PARAMS + NODE_PARAMS
 DESCRIPTIONS = {p.name: p.description for p in PARAMETERS}
+DYNAMIC = ("every_frames", "every_seconds", "min_confidence", "publish_overlay", "publish_when_paused")
+STREAM_DYNAMIC = tuple(name for name in DYNAMIC if name in {p.name for p in STREAM_PARAMS})
 REQUIRED = ("checkpoint", "clip")  # unless the node is given a ready runtime
 
 
@@ -85,6 +91,7 @@ class NodeConfig:
     output_depth: int = 10
     queue_size: int = 2
     publish_overlay: bool = False
+    publish_when_paused: bool = True
     diagnostics_period: float = 1.0
 
     def __post_init__(self):
@@ -104,10 +111,22 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
 
 def stream_config(values: Mapping[str, Any]) -> StreamConfig:
     """StreamConfig from the parameters (0 turns a cadence off)."""
-    v = {p.name: values[p.name] for p in STREAM_PARAMS}
-    v["every_frames"] = v["every_frames"] or None
-    v["every_seconds"] = v["every_seconds"] or None
-    return StreamConfig(**v)
+    return StreamConfig(**stream_values(values, [p.name for p in STREAM_PARAMS]))
+
+
+def stream_values(values: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """StreamConfig field values of the parameters ``names`` (a cadence of 0 is None: off)."""
+    return {name: (values[name] or None) if name in ("every_frames", "every_seconds") else values[name]
+            for name in names}
+
+
+def check_dynamic(values: Mapping[str, Any]) -> None:
+    """InputError naming a dynamic parameter whose new value cannot be applied."""
+    for name in ("every_frames", "every_seconds"):
+        if name in values and values[name] < 0:
+            raise InputError(f"parameter {name}={values[name]}: expected >= 0 (0: off)")
+    if "min_confidence" in values and not 0.0 <= values["min_confidence"] <= 1.0:
+        raise InputError(f"parameter min_confidence={values['min_confidence']}: expected 0..1")
 
 
 def pipeline_config(values: Mapping[str, Any]) -> PipelineConfig:
@@ -148,3 +167,16 @@ def parameter_args(values: Mapping[str, str]) -> list[str]:
         if values.get(p.name):
             args += ["-p", f"{p.name}:={values[p.name]}"]
     return args
+
+
+def node_command(values: Mapping[str, str], node_name: str = "visa_edge", namespace: str = "",
+                 image: str = "image", params_file: str = "", log_level: str = "info",
+                 managed: bool = False) -> list[str]:
+    """The `visa-edge ros` command line the launch file runs (node parameters given in ``values``)."""
+    ros_args = ["-r", f"__node:={node_name}", "-r", f"image:={image}", "--log-level", log_level]
+    if namespace:
+        ros_args += ["-r", f"__ns:={namespace}"]
+    if params_file:
+        ros_args += ["--params-file", params_file]
+    return ["visa-edge", "ros", *(["--managed"] if managed else []), "--ros-args", *ros_args,
+            *parameter_args(values)]

@@ -12,6 +12,8 @@ from ..runtime.streaming.scheduler import FrameResult
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 FPS_HORIZON_S = 2.0  # tracking fps is measured over the results of the last FPS_HORIZON_S seconds
+FPS_MIN_SPAN_S = 1.0  # ... divided by at least this span, so a burst of queued frames does not read as a spike
+QUERY_CHARS = 200  # a query longer than this is shortened in diagnostics and mask_info
 
 
 @dataclass
@@ -22,7 +24,9 @@ class NodeCounters:
     rejected: int = 0  # unsupported encoding/format or inconsistent step/size/data: never reach the runtime
     published: int = 0  # frames whose mask was published
     failed: int = 0  # frames whose processing raised (logged; the node goes on)
+    queries_refused: int = 0  # queries the reasoner refused (e.g. too long); the previous query stays
     last_rejection: str = ""
+    query_error: str = ""  # why the last query published was refused ("" once a query is accepted)
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,40 @@ class Report:
     values: dict[str, str]
 
 
-def tracking_fps(ready_times: Sequence[float], now: float, horizon: float = FPS_HORIZON_S) -> float:
-    """Masks per second over the results that became ready in the last ``horizon`` seconds."""
+def tracking_fps(ready_times: Sequence[float], now: float, horizon: float = FPS_HORIZON_S,
+                 min_span: float = FPS_MIN_SPAN_S) -> float:
+    """Masks per second over the results that became ready in the last ``horizon`` seconds, over a
+    span of at least ``min_span`` (queued frames finishing together count at most their number per
+    ``min_span``, not as a spike)."""
     recent = [t for t in ready_times if now - t <= horizon]
-    if len(recent) < 2 or recent[-1] <= recent[0]:
+    if len(recent) < 2:
         return 0.0
-    return (len(recent) - 1) / (recent[-1] - recent[0])
+    return (len(recent) - 1) / max(recent[-1] - recent[0], min_span)
+
+
+def short(query: str) -> str:
+    """The query, cut to QUERY_CHARS characters (with its full length) for reports."""
+    return query if len(query) <= QUERY_CHARS else f"{query[:QUERY_CHARS]}... ({len(query)} chars)"
+
+
+def mask_info(metadata: Mapping, query_id: int, anchor_age_s: float | None) -> dict[str, str]:
+    """The per-frame key-values published on ``mask_info`` from FrameResult.metadata()."""
+    latency = metadata["anchor_latency_ms"] or {}
+    values = {
+        "frame_index": str(metadata["index"]),
+        "mask_source": metadata["mask_source"],
+        "anchor_index": "" if metadata["anchor_index"] is None else str(metadata["anchor_index"]),
+        "anchor_age_frames": "" if metadata["anchor_age"] is None else str(metadata["anchor_age"]),
+        "anchor_age_s": "" if anchor_age_s is None else f"{anchor_age_s:.3f}",
+        "confidence": f"{metadata['confidence']:.4f}",
+        "mask_fraction": f"{metadata['mask_fraction']:.5f}",
+        "query": short(metadata["query"]),
+        "query_id": str(query_id),
+        "staleness_ms": f"{metadata['staleness_ms']:.1f}",
+        "track_ms": f"{metadata['track_ms']:.1f}",
+    }
+    values.update({f"anchor_latency_{stage}_ms": f"{ms:.1f}" for stage, ms in latency.items()})
+    return values
 
 
 def _ms(seconds: float | None) -> str:
@@ -62,12 +94,13 @@ def _ms(seconds: float | None) -> str:
 def report(stats: Mapping, recent: Sequence[ResultInfo], counters: NodeCounters, dropped: int, state: str,
            query: str, now: float, previous: Report | None = None) -> Report:
     """The diagnostics of one period; WARN when frames were rejected or failed or reasoning failed
-    since ``previous``, ERROR when the processing thread stopped."""
+    since ``previous``; ERROR when the processing thread stopped, or while the last query published
+    was refused (the previous one stays active)."""
     last = recent[-1] if recent else None
     track = [r.track_s for r in recent if now - r.ready <= FPS_HORIZON_S]
     values = {
         "state": state,
-        "query": query,
+        "query": short(query),
         "frames_received": str(counters.received),
         "frames_published": str(counters.published),
         "rejected_frames": str(counters.rejected),
@@ -84,10 +117,14 @@ def report(stats: Mapping, recent: Sequence[ResultInfo], counters: NodeCounters,
         "mask_source": "" if last is None else last.mask_source,
         "confidence": "" if last is None else f"{last.confidence:.3f}",
         "last_rejection": counters.last_rejection,
+        "queries_refused": str(counters.queries_refused),
+        "query_error": counters.query_error,
         "last_error": (stats["last_error"] or "").split("\n")[0],
     }
     if state == "stopped":
         return Report(ERROR, "processing thread stopped: no masks are published", values)
+    if counters.query_error:
+        return Report(ERROR, f"query refused ({counters.query_error}); still using {short(query)!r}", values)
     grew = [key for key in ("rejected_frames", "failed_frames", "reasoning_failed")
             if int(values[key]) > (int(previous.values[key]) if previous else 0)]
     if grew:

@@ -244,7 +244,7 @@ def test_malformed_images_are_counted_and_survived(context, probe):
         set_query(probe, SQUARE_QUERY)
         good = bytes(H * W * 3)
         bad = [  # (encoding, height, width, step, data)
-            ("rgba8", H, W, W * 4, bytes(H * W * 4)),  # unsupported encoding
+            ("32FC1", H, W, W * 4, bytes(H * W * 4)),  # unsupported encoding
             ("16UC1", H, W, W * 2, bytes(H * W * 2)),  # unsupported encoding
             ("rgb8", H, W, W * 2, good),  # step < width * 3
             ("rgb8", H, W, W * 3, good[:-7]),  # truncated data

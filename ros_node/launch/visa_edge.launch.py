@@ -12,7 +12,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from visa_edge.ros_node.config import PARAMETERS, parameter_args
+from visa_edge.ros_node.config import PARAMETERS, node_command
 
 LAUNCH_ONLY = {
     "node_name": ("visa_edge", "node name"),
@@ -20,6 +20,7 @@ LAUNCH_ONLY = {
     "image": ("image", "image topic to subscribe to (remaps `image`)"),
     "params_file": ("", "YAML parameter file (applied before the parameters given here)"),
     "log_level": ("info", "ROS log level"),
+    "managed": ("false", "run as a managed (lifecycle) node: true | false"),
 }
 
 
@@ -27,14 +28,10 @@ def _node(context) -> list:
     def value(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    ros_args = ["-r", f"__node:={value('node_name')}", "-r", f"image:={value('image')}",
-                "--log-level", value("log_level")]
-    if value("namespace"):
-        ros_args += ["-r", f"__ns:={value('namespace')}"]
-    if value("params_file"):
-        ros_args += ["--params-file", value("params_file")]
-    ros_args += parameter_args({p.name: value(p.name) for p in PARAMETERS})
-    return [ExecuteProcess(cmd=["visa-edge", "ros", "--ros-args", *ros_args], name=value("node_name"), output="screen")]
+    cmd = node_command({p.name: value(p.name) for p in PARAMETERS}, node_name=value("node_name"),
+                       namespace=value("namespace"), image=value("image"), params_file=value("params_file"),
+                       log_level=value("log_level"), managed=value("managed").lower() == "true")
+    return [ExecuteProcess(cmd=cmd, name=value("node_name"), output="screen")]
 
 
 def generate_launch_description() -> LaunchDescription:
