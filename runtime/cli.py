@@ -3,12 +3,17 @@
 Each subcommand is a ``register(subparsers)`` function listed under the entry-point group
 ``visa_edge.commands`` (pyproject.toml). ``runtime``, ``export``, ``ros_node`` and
 ``benchmarks`` each register their own, so ``runtime`` never imports ``export``.
+
+Every failure is one line on stderr and a non-zero exit code: 2 for a bad input or
+argument (the project's errors, argparse), 1 for an unexpected exception, 130 for Ctrl-C.
+``visa-edge --debug COMMAND ...`` also prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from importlib.metadata import entry_points
 
 from .errors import VisaEdgeError
@@ -16,13 +21,21 @@ from .errors import VisaEdgeError
 GROUP = "visa_edge.commands"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (plus where to find help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="visa-edge",
         description="Reasoning video object segmentation (VISA) for robots: reasoning step, "
         "trackers, engine export, streaming, ROS 2 node and benchmarks.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
         ep.load()(sub)
     return parser
@@ -33,11 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VisaEdgeError as e:
-        print(f"visa-edge {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _report(args, f"error: {one_line(str(e))}", 2)
     except KeyboardInterrupt:
-        print(f"visa-edge {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _report(args, "interrupted", 130)
+    except Exception as e:
+        return _report(args, f"unexpected {type(e).__name__}: {one_line(str(e))} (rerun with --debug for the traceback)", 1)
+
+
+def one_line(message: str) -> str:
+    """A message on one line: its lines joined, indentation dropped."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip()) or "(no message)"
+
+
+def _report(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"visa-edge {args.command}: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -64,13 +64,19 @@ def write_rgb(path: str | Path, image: np.ndarray) -> None:
 
 
 def check_output_file(path: str | Path, what: str) -> Path:
-    """``path`` once its folder exists and is writable and OpenCV can write its image format."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; expected a {what} file name")
+    """``path`` once :func:`output_file` accepts it and OpenCV can write its image format."""
+    path = output_file(path, what)
     if not cv2.haveImageWriter(str(path)):
         raise InputError(f"{path}: OpenCV cannot write {path.suffix or 'files without an extension'}; "
                          f"expected a {what} file ending in .png, .jpg or .bmp")
+    return path
+
+
+def output_file(path: str | Path, what: str) -> Path:
+    """``path`` as a file name that can be written: not a folder, in a writable folder (created if missing)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; expected a {what} file name")
     output_dir(path.parent, f"folder of {path.name}")
     return path
 

@@ -115,3 +115,23 @@ def _range(kind: str, lo: int | None, hi: int | None) -> str:
 
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def parse_device(spec: str, what: str = "device") -> "torch.device":
+    """A torch device that exists on this machine (``cpu``, ``cuda``, ``cuda:N``, ``mps``), or InputError."""
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise InputError(f"{what} {spec!r}: not a torch device; expected cpu, cuda, cuda:N or mps") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{what} {spec!r}: CUDA is not available on this machine (torch {torch.__version__}); use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"{what} {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{what} {spec!r}: MPS is not available on this machine; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"{what} {spec!r}: device type {device.type!r} is not supported; expected cpu, cuda, cuda:N or mps")
+    return device

@@ -9,7 +9,15 @@ from typing import Any
 import torch
 
 from .base import Engine, EngineError
-from .manifest import Manifest, NetworkRecord, check_tensorrt_environment, read_manifest, verify_file
+from .manifest import (
+    Manifest,
+    NetworkRecord,
+    check_signature,
+    check_sources,
+    check_tensorrt_environment,
+    read_manifest,
+    verify_file,
+)
 
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -21,6 +29,7 @@ def load_engines(
     networks: Sequence[str] | None = None,
     providers: Sequence[str] | None = None,
     provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+    sources: Mapping[str, str | Path | None] | None = None,
 ) -> dict[str, Engine]:
     """name -> Engine for ``networks`` (default: all) of an engine folder written by ``visa-edge export``.
 
@@ -29,7 +38,9 @@ def load_engines(
     ``providers`` picks ONNX Runtime execution providers (``cpu``, ``cuda``, ``tensorrt``;
     default by ``device``). Every file's sha256 is checked; TensorRT engines must also
     match this machine's TensorRT version and GPU. Each failure names the file and the
-    export command that rebuilds it.
+    export command that rebuilds it. ``sources`` (``checkpoint``, ``clip``, ``sam_checkpoint``,
+    ``xmem`` -> the path this run loads) are hashed and must match the hashes the export
+    recorded: engines from another checkpoint are refused.
     """
     folder = Path(engine_dir)
     manifest = read_manifest(folder)
@@ -37,6 +48,7 @@ def load_engines(
     if backend not in BACKENDS:
         raise EngineError(f"backend {backend!r}: expected one of {BACKENDS}")
     device = torch.device(device)
+    check_sources(manifest, sources or {}, folder)
     records = [manifest.network(n, folder) for n in (networks or manifest.networks)]
     if backend == "tensorrt":
         return {r.name: _tensorrt_engine(folder, manifest, r, device) for r in records}
@@ -73,7 +85,7 @@ def _ort_engine(
         trt_options.setdefault("trt_fp16_enable", record.precision == "fp16")
         for key, value in tensorrt_profile_options(record.input_shapes(), record.dims).items():
             trt_options.setdefault(key, value)
-    return OrtEngine(
+    engine = OrtEngine(
         record.name,
         path,
         device=device,
@@ -83,3 +95,6 @@ def _ort_engine(
         dims=record.dims,
         provider_options=options,
     )
+    graph_inputs = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in engine.session.get_inputs()}
+    check_signature(record, graph_inputs, path)
+    return engine

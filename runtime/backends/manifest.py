@@ -113,6 +113,11 @@ class Manifest:
             )
         if d.get("backend") not in EXPORT_BACKENDS:
             raise ManifestError(f"{source}: backend {d.get('backend')!r}; expected one of {EXPORT_BACKENDS}")
+        if not isinstance(d.get("networks"), dict) or not d["networks"]:
+            raise ManifestError(
+                f"{source}: the manifest lists no networks (networks: {str(d.get('networks'))[:40]}); re-export with:\n"
+                f"  {_command(d.get('export_command'), source)}"
+            )
         try:
             networks = {name: _network(name, n) for name, n in d["networks"].items()}
             return cls(
@@ -192,6 +197,54 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def source_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file, or of a folder: over its files' relative paths and sha256s
+    (the hash ``visa-edge export`` records for each source)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        raise ManifestError(f"{path}: not found; expected a checkpoint file or folder")
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def check_sources(manifest: Manifest, given: Mapping[str, str | Path | None], folder: Path) -> None:
+    """Raise unless every source in ``given`` that the manifest records hashes to the recorded sha256.
+
+    Engines exported from another checkpoint would run with weights that do not belong to
+    the model they are combined with.
+    """
+    for name, path in given.items():
+        record = manifest.sources.get(name)
+        if path is None or record is None:
+            continue
+        actual = source_sha256(path)
+        if actual != record.sha256:
+            raise ManifestError(
+                f"{folder / MANIFEST_NAME}: engines were exported from {name} {record.path} (sha256 {record.sha256[:12]}...), "
+                f"but this run loads {name} {path} (sha256 {actual[:12]}...); re-export them from it with:\n"
+                f"  {manifest.rebuild_command()}"
+            )
+
+
+def check_signature(record: NetworkRecord, inputs: Mapping[str, Shape], path: Path) -> None:
+    """Raise unless the graph's ``inputs`` (name -> shape, dynamic axes by name or None) match the manifest."""
+    recorded = record.input_shapes()
+    if set(recorded) != set(inputs):
+        raise ManifestError(f"{path}: graph inputs {sorted(inputs)} differ from the manifest's {sorted(recorded)} for {record.name!r}")
+    for name, shape in recorded.items():
+        actual = tuple(inputs[name])
+        static = [(r, a) for r, a in zip(shape, actual) if isinstance(r, int) or isinstance(a, int)]
+        if len(shape) != len(actual) or any(r != a for r, a in static):
+            raise ManifestError(
+                f"{path}: input {name!r} of {record.name!r} has shape {list(actual)} in the graph but {list(shape)} in "
+                f"the manifest; the manifest does not describe this graph (re-export the folder)"
+            )
 
 
 def verify_file(folder: Path, manifest: Manifest, record: NetworkRecord, role: str, backend: str) -> Path:

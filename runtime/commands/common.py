@@ -3,12 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
 from ..config import DTYPES
+from ..errors import InputError
+from ..validate import parse_device
 
 
+def device_arg(spec: str) -> str:
+    """argparse type of ``--device``: a device that exists here (kept as the string given)."""
+    try:
+        parse_device(spec)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return spec
+
+
+def int_arg(lo: int):
+    """argparse type: an integer >= ``lo``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{value}: expected an integer >= {lo}")
+        return value
+
+    return parse
+
+
+def float_arg(lo: float, hi: float = float("inf"), open_lo: bool = False):
+    """argparse type: a finite number in ``[lo, hi]`` (``(lo, hi]`` if ``open_lo``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not (lo < value if open_lo else lo <= value) or value > hi:
+            low = f"> {lo}" if open_lo else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"{value}: expected a number {low}" + (f" and <= {hi}" if hi != float("inf") else ""))
+        return value
+
+    return parse
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("model")
@@ -20,7 +61,7 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="official SAM .pth whose tensors replace the checkpoint's visual_model.* ones")
     g.add_argument("--quantization", choices=["none", "nf4"], default="none",
                    help="load the LLM in 4-bit NF4 with bitsandbytes (default: none)")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    g.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights and activations dtype (default: fp32)")
 

@@ -26,7 +26,10 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import revos
+    from ..io import output_file
 
+    if args.json:
+        output_file(args.json, "--json")
     videos = revos.load_meta(args.meta)
     scores = revos.evaluate(args.pred, videos, args.mask_dict, args.foreground, compat_visa=args.compat_visa)
     summary = revos.summarize(scores)

@@ -25,8 +25,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import output_file
     from ..vos_metrics import evaluate_folders
 
+    if args.json:
+        output_file(args.json, "--json")
     score = evaluate_folders(args.pred, args.gt, skip_first=args.skip_first)
     print(score.table())
     if args.json:

@@ -27,9 +27,12 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..io import read_rgb, write_mask
+    from ..io import check_output_file, output_file, read_rgb, write_mask
     from ..reasoning import ReasoningStep
 
+    check_output_file(args.out, "--out mask")
+    if args.logits:
+        output_file(args.logits, "--logits .npy")
     frames = [read_rgb(f) for f in args.frames]
     t0 = time.perf_counter()
     model = load_model(args)

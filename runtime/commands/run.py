@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import VisaEdgeError
+from .common import float_arg
 from .stream_args import add_pipeline_args, add_stream_args, pipeline_config
 
 
@@ -24,7 +26,7 @@ def register(sub) -> None:
     g.add_argument("--source", required=True,
                    help="image folder, video file, rosbag2 (.mcap/.db3/folder) or camera:N")
     g.add_argument("--topic", help="image topic of a rosbag with several")
-    g.add_argument("--rate", type=float, default=None,
+    g.add_argument("--rate", type=float_arg(0, open_lo=True), default=None,
                    help="play recorded sources at this camera rate in fps (default: as fast as possible; "
                    "live sources always run in real time)")
     g.add_argument("--query", required=True, help="referring or reasoning expression")
@@ -35,20 +37,26 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import output_dir
     from ..streaming.build import build_runtime
     from ..streaming.sources import Paced, open_source
 
+    out = output_dir(args.out, "--out")
     source = open_source(args.source, topic=args.topic)
     if args.rate:
         source = Paced(source, args.rate)
     runtime = build_runtime(pipeline_config(args), query=args.query)
-    return stream_to_folder(runtime, source, Path(args.out), masks=not args.no_masks, video=not args.no_overlay,
+    return stream_to_folder(runtime, source, out, masks=not args.no_masks, video=not args.no_overlay,
                             fps=args.rate or getattr(source, "fps", 30.0))
 
 
 def stream_to_folder(runtime, source, out: Path, masks: bool = True, video: bool = True, fps: float = 30.0,
                      extra_summary: dict | None = None) -> int:
-    """Run ``runtime`` over ``source`` with the standard sinks and a live progress line; writes summary.json."""
+    """Run ``runtime`` over ``source`` with the standard sinks and a live progress line; writes summary.json.
+
+    A run in which every reasoning step failed raises VisaEdgeError (after writing the summary):
+    its masks come from no reasoning at all.
+    """
     from tqdm import tqdm
 
     from ..streaming.sinks import JsonlSink, OverlayVideoSink, PngSink
@@ -88,6 +96,9 @@ def stream_to_folder(runtime, source, out: Path, masks: bool = True, video: bool
           f"{stats.reasoning_completed} done / {stats.reasoning_failed} failed; wrote {out}")
     if stats.last_error:
         print(f"last reasoning error: {stats.last_error.splitlines()[0]}")
+    if stats.reasoning_failed and not stats.reasoning_completed:
+        raise VisaEdgeError(f"{out}: all {stats.reasoning_failed} reasoning steps failed; last error: "
+                            f"{(stats.last_error or 'unknown').splitlines()[0]}")
     return 0
 
 

@@ -28,15 +28,18 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import revos
+    from ..io import output_dir
     from ..backends.loading import load_engines
     from ..reasoning import ReasoningStep
     from ..streaming.reasoner import VisaReasoner
     from ..tracking.factory import tracker_factory
     from .common import load_model
 
+    output_dir(args.out, "--out")
     videos = revos.load_meta(args.meta, args.tfs)
     model = load_model(args)
-    engines = load_engines(args.engines, backend=args.backend, device=args.device) if args.engines else {}
+    sources = {"checkpoint": args.checkpoint, "clip": args.clip, "sam_checkpoint": args.sam_checkpoint, "xmem": args.xmem}
+    engines = load_engines(args.engines, backend=args.backend, device=args.device, sources=sources) if args.engines else {}
     step = ReasoningStep(model, engines)
     trackers = tracker_factory(args.tracker, args.xmem, args.device, engines)
     total = sum(len(v.expressions) for v in videos)

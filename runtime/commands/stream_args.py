@@ -7,7 +7,7 @@ import argparse
 from ..streaming.build import PipelineConfig
 from ..streaming.scheduler import StreamConfig
 from ..tracking.factory import TRACKERS
-from .common import add_model_args
+from .common import add_model_args, float_arg, int_arg
 
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -22,13 +22,13 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
 def add_stream_args(p: argparse.ArgumentParser) -> None:
     d = StreamConfig()
     g = p.add_argument_group("scheduling")
-    g.add_argument("--window", type=int, default=d.window, help=f"frames in the reasoning window (default {d.window})")
-    g.add_argument("--references", type=int, default=d.references, help=f"reference frames from the window, 1..11 (default {d.references})")
-    g.add_argument("--every-frames", type=int, default=d.every_frames, help=f"rerun reasoning every K frames, 0 = off (default {d.every_frames})")
-    g.add_argument("--every-seconds", type=float, default=0.0, help="rerun reasoning every T seconds, 0 = off (default off)")
-    g.add_argument("--min-confidence", type=float, default=d.min_confidence,
+    g.add_argument("--window", type=int_arg(1), default=d.window, help=f"frames in the reasoning window (default {d.window})")
+    g.add_argument("--references", type=int_arg(1), default=d.references, help=f"reference frames from the window, 1..11 (default {d.references})")
+    g.add_argument("--every-frames", type=int_arg(0), default=d.every_frames, help=f"rerun reasoning every K frames, 0 = off (default {d.every_frames})")
+    g.add_argument("--every-seconds", type=float_arg(0), default=0.0, help="rerun reasoning every T seconds, 0 = off (default off)")
+    g.add_argument("--min-confidence", type=float_arg(0, 1), default=d.min_confidence,
                    help=f"rerun reasoning when tracker confidence stays below this (default {d.min_confidence})")
-    g.add_argument("--buffer-frames", type=int, default=d.buffer_frames, help=f"frames kept for catch-up (default {d.buffer_frames})")
+    g.add_argument("--buffer-frames", type=int_arg(1), default=d.buffer_frames, help=f"frames kept for catch-up (default {d.buffer_frames})")
     g.add_argument("--blocking", action="store_true",
                    help="wait for every reasoning result before the next frame (deterministic, not real-time)")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import int_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -15,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--format", choices=["bin", "safetensors"], default="bin", help="weight file format (default bin)")
-    p.add_argument("--shards", type=int, default=2, help="number of weight shards (default 2)")
+    p.add_argument("--shards", type=int_arg(1), default=2, help="number of weight shards (default 2)")
     p.set_defaults(func=run)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from ..errors import InputError
 from ..tracking.factory import TRACKERS
+from .common import device_arg
 
 
 def register(sub) -> None:
@@ -26,7 +26,7 @@ def register(sub) -> None:
                    help="flow: weight-free optical-flow tracker (CPU, no checkpoint); "
                    "xmem: XMem (needs --checkpoint). Default flow")
     p.add_argument("--checkpoint", metavar="PTH", help="XMem checkpoint (official XMem.pth); required with --tracker xmem")
-    p.add_argument("--device", help="torch device for XMem (default: cuda if available, else cpu)")
+    p.add_argument("--device", type=device_arg, help="torch device for XMem (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
 
 
@@ -45,17 +45,17 @@ def make_tracker(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..io import read_mask, read_rgb, write_mask
+    from ..io import output_dir, read_mask, read_rgb, write_mask
     from ..streaming.sources import ImageFolderSource
 
     paths = ImageFolderSource(args.frames).files
+    out = output_dir(args.out, "--out")
     mask = read_mask(args.init_mask)
     first = read_rgb(paths[0])
     if mask.shape != first.shape[:2]:
         raise InputError(f"{args.init_mask}: mask is {mask.shape[1]}x{mask.shape[0]}, first frame {paths[0].name} "
                          f"is {first.shape[1]}x{first.shape[0]}")
     tracker = make_tracker(args)
-    out = Path(args.out)
     seconds = 0.0
     confidences = []
     for i, path in enumerate(tqdm(paths, desc=f"track ({args.tracker})", unit="frame")):

@@ -36,7 +36,8 @@ def build_runtime(cfg: PipelineConfig, query: str = "") -> StreamingRuntime:
         cfg.checkpoint, clip=cfg.clip, quantization=cfg.quantization, device=cfg.device, dtype=DTYPES[cfg.dtype],
         sam_checkpoint=cfg.sam_checkpoint,
     )
-    engines = load_engines(cfg.engines, backend=cfg.backend, device=cfg.device) if cfg.engines else {}
+    sources = {"checkpoint": cfg.checkpoint, "clip": cfg.clip, "sam_checkpoint": cfg.sam_checkpoint, "xmem": cfg.xmem}
+    engines = load_engines(cfg.engines, backend=cfg.backend, device=cfg.device, sources=sources) if cfg.engines else {}
     step = ReasoningStep(model, engines)
     trackers = tracker_factory(cfg.tracker, cfg.xmem, cfg.device, engines)
     return StreamingRuntime(VisaReasoner(step), trackers, cfg.stream, query=query)
