@@ -36,7 +36,7 @@ def register(sub) -> None:
                    "(default fp32; the ONNX graphs are always fp32)")
     p.add_argument("--networks", metavar="NAMES", help=f"comma-separated subset to export (default all: {NETWORK_HELP})")
     p.add_argument("--frame-size", metavar="HxW",
-                   help="camera frame size: mask_decoder also outputs mask logits at it; XMem engines use its working size")
+                   help="camera frame size, with --xmem: the XMem engines are built for its working size")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..20 (default 17)")
     p.add_argument("--workspace-gb", type=float, help="TensorRT builder workspace limit in GiB (default: TensorRT's)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache, read and updated (default ENGINE_DIR/timing.cache)")
@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     frame_size = _frame_size(args.frame_size)
     if args.xmem and frame_size is None:
         raise InputError("--xmem: also give --frame-size HxW (the camera frame size); tracker engines are built for its working size")
+    if frame_size is not None and not args.xmem:
+        raise InputError("--frame-size: only the XMem engines depend on the frame size; give it with --xmem")
     available = list(REASONING_NETWORKS) + (list(XMEM_NETWORKS) if args.xmem else [])
     names = _names(args.networks) or available
     unknown = sorted(set(names) - set(available))
@@ -101,7 +103,7 @@ def _networks(args: argparse.Namespace, frame_size: tuple[int, int] | None, name
     if set(names) & set(REASONING_NETWORKS):
         model = VisaModel.from_pretrained(args.checkpoint, clip=args.clip, sam_checkpoint=args.sam_checkpoint,
                                           device="cpu", dtype=torch.float32, load_llm=False)
-        networks += reasoning_networks(model, frame_size, ("sam_checkpoint",) if args.sam_checkpoint else ())
+        networks += reasoning_networks(model, ("sam_checkpoint",) if args.sam_checkpoint else ())
     if args.xmem and set(names) - set(REASONING_NETWORKS):
         size = xmem_working_size(frame_size, XMemConfig().shorter_side)
         networks += tracker_networks(load_xmem(args.xmem), size)

@@ -49,30 +49,9 @@ def trace_size(r: DimRange) -> int:
     return min(r.max, max(2, r.min))
 
 
-class MaskDecoderWithLogits(nn.Module):
-    """``SegMaskDecoder`` plus the logits upscaled to a fixed frame size (SAM's postprocess).
-
-    Outputs low-res logits [Q,1,256,256], IoU [Q,1] and mask logits [Q,H,W] for frames of
-    ``frame_hw`` (resized to the 1024 long side, padded, as in ``sam.preprocess``).
-    """
-
-    def __init__(self, decoder: nn.Module, frame_hw: tuple[int, int]):
-        super().__init__()
-        self.decoder = decoder
-        self.frame_hw = tuple(frame_hw)
-        self.resized_hw = sam.resized_shape(*frame_hw)
-
-    def forward(self, image_embeddings: torch.Tensor, seg_embeddings: torch.Tensor):
-        low_res, iou = self.decoder(image_embeddings, seg_embeddings)
-        return low_res, iou, sam.postprocess(low_res, self.resized_hw, self.frame_hw)
-
-
-def reasoning_networks(
-    model: VisaModel, frame_size: tuple[int, int] | None = None, extra_sources: tuple[str, ...] = (), seed: int = 0
-) -> list[ExportNetwork]:
+def reasoning_networks(model: VisaModel, extra_sources: tuple[str, ...] = (), seed: int = 0) -> list[ExportNetwork]:
     """The reasoning-step networks of ``model`` with example inputs from the synthetic clip.
 
-    ``frame_size`` (H, W) adds a ``mask_logits`` output at that size to ``mask_decoder``.
     ``extra_sources`` (e.g. ``sam_checkpoint``) are recorded for the SAM networks.
     """
     modules = reasoning_modules(model)
@@ -84,21 +63,12 @@ def reasoning_networks(
     grid = sam.IMAGE_SIZE // sam.PATCH_SIZE
     embeddings = torch.randn(1, sam.PROMPT_DIM, grid, grid, generator=gen)
     seg = torch.randn(queries, sam.PROMPT_DIM, generator=gen)
-    decoder, decoder_spec = modules["mask_decoder"], REASONING_NETWORKS["mask_decoder"]
-    if frame_size is not None:
-        decoder = MaskDecoderWithLogits(decoder, frame_size)
-        decoder_spec = NetworkSpec(
-            decoder_spec.inputs,
-            decoder_spec.outputs + ("mask_logits",),
-            axes={**decoder_spec.axes, "mask_logits": {0: "queries"}},
-            dims=decoder_spec.dims,
-        )
     sam_sources = ("checkpoint", *extra_sources)
     return [
         ExportNetwork("visual_tokens", modules["visual_tokens"], REASONING_NETWORKS["visual_tokens"],
                       {"pixel_values": pixels}, ("checkpoint", "clip")),
         ExportNetwork("sam_encoder", modules["sam_encoder"], REASONING_NETWORKS["sam_encoder"], {"image": image}, sam_sources),
-        ExportNetwork("mask_decoder", decoder, decoder_spec,
+        ExportNetwork("mask_decoder", modules["mask_decoder"], REASONING_NETWORKS["mask_decoder"],
                       {"image_embeddings": embeddings, "seg_embeddings": seg}, sam_sources),
     ]
 

@@ -1,7 +1,14 @@
-"""The LLaMA of VISA: building it (fp or NF4 4-bit) and the single prefill that yields [SEG] states."""
+"""The LLaMA of VISA: building it (fp or NF4 4-bit) and the prefills that yield [SEG] states.
+
+One query: one prefill of the whole prompt. Several queries on one window: their prompts
+share everything up to the question (system text and every image), so that prefix is
+prefilled once into a KV cache and the per-query suffixes run together against it.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -117,3 +124,97 @@ def seg_hidden_states(llm: nn.Module, inputs_embeds: torch.Tensor, seg_positions
     """One LLaMA prefill; the final-norm hidden states at ``seg_positions`` -> [n_seg, H]."""
     hidden = llm.model(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
     return hidden[0, seg_positions]
+
+
+def query_seg_states(
+    llm: nn.Module, prompts: Sequence[Sequence[int]], image_tokens: torch.Tensor, seg_token_id: int
+) -> torch.Tensor:
+    """[SEG] states [Q,H] of Q prompts over the same ``image_tokens`` [n_images,T,H].
+
+    One prompt: one prefill. Several: their shared prefix once, then the suffixes against it
+    (:func:`shared_prefix_seg_states`).
+    """
+    embed = llm.get_input_embeddings()
+    expanded = [expand_image_tokens(ids, image_tokens, embed, seg_token_id) for ids in prompts]
+    if len(expanded) == 1:
+        embeds, positions = expanded[0]
+        return seg_hidden_states(llm, embeds, positions[:1])
+    shared = prompts[0][: shared_prefix_length(prompts, seg_token_id)]
+    return shared_prefix_seg_states(
+        llm, [e for e, _ in expanded], [p[0] for _, p in expanded], expanded_length(shared, image_tokens.shape[1])
+    )
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]], seg_token_id: int) -> int:
+    """Number of leading ids common to every prompt, stopping before any prompt's [SEG]-reading id.
+
+    The [SEG] state is read at the id just before [SEG]; it must lie in each query's suffix.
+    """
+    limit = min(_seg_reader(ids, seg_token_id) for ids in prompts)
+    n = 0
+    while n < limit and all(ids[n] == prompts[0][n] for ids in prompts):
+        n += 1
+    return n
+
+
+def expanded_length(ids: Sequence[int], per_image: int) -> int:
+    """Length of ``ids`` once each IMAGE_TOKEN_INDEX is replaced by ``per_image`` visual tokens."""
+    return len(ids) + ids.count(IMAGE_TOKEN_INDEX) * (per_image - 1)
+
+
+def shared_prefix_seg_states(
+    llm: nn.Module, inputs_embeds: Sequence[torch.Tensor], seg_positions: Sequence[int], prefix: int
+) -> torch.Tensor:
+    """[SEG] states [Q,H] of Q prompts whose first ``prefix`` embeddings are identical.
+
+    The prefix of ``inputs_embeds[0]`` ([1,L_q,H] each) is prefilled once into a KV cache.
+    The suffixes, each cut after its [SEG]-reading position ``seg_positions[q]`` (later ids
+    cannot change that state), are packed into one sequence run against the cache: each
+    suffix token attends to the whole prefix and causally within its own suffix, with
+    positions continuing from ``prefix``. Packing rather than batching keeps one copy of the
+    prefix KV instead of one per query; the masked-out keys weigh exactly zero, so each state
+    equals the one-prefill state up to float summation order.
+    """
+    if any(not prefix <= p < e.shape[1] for p, e in zip(seg_positions, inputs_embeds)):
+        raise InputError(f"[SEG] positions {list(seg_positions)} must lie after the shared prefix of {prefix} positions")
+    from transformers import DynamicCache
+
+    device = inputs_embeds[0].device
+    cache = DynamicCache(config=llm.model.config)
+    llm.model(inputs_embeds=inputs_embeds[0][:, :prefix], use_cache=True, **{_cache_kwarg(): cache})
+    suffixes = [e[:, prefix : p + 1] for e, p in zip(inputs_embeds, seg_positions)]
+    lengths = [s.shape[1] for s in suffixes]
+    total = sum(lengths)
+    mask = torch.zeros(1, 1, total, prefix + total, dtype=torch.bool, device=device)
+    mask[..., :prefix] = True
+    positions, reads, start = [], [], 0
+    for n in lengths:
+        mask[0, 0, start : start + n, prefix + start : prefix + start + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        positions.append(torch.arange(prefix, prefix + n))
+        reads.append(start + n - 1)
+        start += n
+    hidden = llm.model(
+        inputs_embeds=torch.cat(suffixes, 1),
+        attention_mask=mask,
+        position_ids=torch.cat(positions)[None].to(device),
+        use_cache=True,
+        **{_cache_kwarg(): cache},
+    ).last_hidden_state
+    return hidden[0, reads]
+
+
+def _seg_reader(ids: Sequence[int], seg_token_id: int) -> int:
+    """Index of the id whose state becomes the [SEG] embedding (the one before the first [SEG])."""
+    for i in range(len(ids) - 1):
+        if ids[i + 1] == seg_token_id:
+            return i
+    raise InputError("prompt has no [SEG] token; expected the answer 'It is [SEG].' in the prompt")
+
+
+@functools.cache
+def _cache_kwarg() -> str:
+    """``LlamaModel.forward``'s KV-cache argument: ``cache`` in recent transformers 5, ``past_key_values`` before."""
+    from transformers import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+

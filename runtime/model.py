@@ -23,7 +23,7 @@ from .config import VisaConfig
 from .errors import CheckpointError
 from .llm import build_llama, llama_config
 from .prompt import PromptTokenizer, load_prompt_tokenizer
-from .sam import PARTS, SamEncoderConfig, SamImageEncoder, SegMaskDecoder, build_sam_parts
+from .sam import PARTS, SamEncoderConfig, SegMaskDecoder, build_sam_parts
 
 LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 PROJECTOR = "model.mm_projector."
@@ -90,8 +90,9 @@ class VisaModel(nn.Module):
     def visual_token_net(self) -> VisualTokenNet:
         return VisualTokenNet(self.vision_tower, self.clustering, self.mm_projector)
 
-    def sam_encoder_net(self) -> SamImageEncoder:
-        return SamImageEncoder(self.sam["image_encoder"])
+    def sam_encoder_net(self) -> nn.Module:
+        """SAM image encoder: padded image [B,3,1024,1024] -> image embeddings [B,256,64,64]."""
+        return self.sam["image_encoder"]
 
     def mask_decoder_net(self) -> SegMaskDecoder:
         return SegMaskDecoder(self.sam["prompt_encoder"], self.sam["mask_decoder"])

@@ -1,9 +1,10 @@
-"""The reasoning step: reference frames + target frame + query -> target-frame mask.
+"""The reasoning step: reference frames + target frame + 1..8 queries -> one target-frame mask per query.
 
-CLIP+clustering tokens per frame -> one LLaMA prefill -> [SEG] state -> ``text_hidden_fcs``
--> SAM encoder on the target -> [SEG]-prompted mask decoder -> logits at frame size.
-The heavy networks run behind ``Engine``s, so the same step runs on PyTorch, ONNX Runtime
-or TensorRT.
+CLIP+clustering tokens per frame -> LLaMA prefill -> [SEG] state per query -> ``text_hidden_fcs``
+-> SAM encoder on the target (once) -> [SEG]-prompted mask decoder (all queries in one call)
+-> logits at frame size. Several queries share the prefill of the system text and images
+(``llm.query_seg_states``). The heavy networks run behind ``Engine``s, so the same step runs
+on PyTorch, ONNX Runtime or TensorRT.
 """
 
 from __future__ import annotations
@@ -18,23 +19,50 @@ import torch
 from . import sam
 from .backends import Engine
 from .errors import InputError
-from .llm import expand_image_tokens, seg_hidden_states
+from .llm import query_seg_states
 from .model import VisaModel
-from .networks import REASONING_NETWORKS, torch_engines
+from .networks import MAX_QUERIES, REASONING_NETWORKS, torch_engines
 from .prompt import MAX_REFERENCES
 
 
 @dataclass
 class ReasoningResult:
-    """Outputs of one reasoning step for the target frame."""
+    """Outputs of one reasoning step for the target frame: row q belongs to ``queries[q]``.
 
-    mask: np.ndarray  # uint8 [H,W], 1 = object (logits > 0)
-    logits: np.ndarray  # float32 [H,W] mask logits at frame size
-    low_res_logits: torch.Tensor  # [1,1,256,256]
-    seg_hidden: torch.Tensor  # [1,H] LLM state before [SEG]
-    seg_embedding: torch.Tensor  # [1,256] text_hidden_fcs output
-    iou: float
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    ``mask``, ``logits`` and ``iou`` are the first query's (what single-query callers read).
+    """
+
+    queries: tuple[str, ...]
+    masks: np.ndarray  # uint8 [Q,H,W], 1 = object (logits > 0)
+    mask_logits: np.ndarray  # float32 [Q,H,W] mask logits at frame size
+    low_res_logits: torch.Tensor  # [Q,1,256,256]
+    seg_hidden: torch.Tensor  # [Q,H] LLM state before [SEG]
+    seg_embedding: torch.Tensor  # [Q,256] text_hidden_fcs output
+    ious: np.ndarray  # float32 [Q] predicted IoU
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, all queries together
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.masks[0]
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.mask_logits[0]
+
+    @property
+    def iou(self) -> float:
+        return float(self.ious[0])
+
+
+def as_queries(query_or_queries: str | Sequence[str]) -> tuple[str, ...]:
+    """One query or a sequence of 1..MAX_QUERIES queries as a tuple; InputError otherwise."""
+    queries = (query_or_queries,) if isinstance(query_or_queries, str) else tuple(query_or_queries)
+    if not 1 <= len(queries) <= MAX_QUERIES:
+        raise InputError(f"queries: {len(queries)} given; expected 1 to {MAX_QUERIES} per reasoning step")
+    bad = [type(q).__name__ for q in queries if not isinstance(q, str)]
+    if bad:
+        raise InputError(f"queries: expected strings, got {bad}")
+    return queries
 
 
 class StageTimer:
@@ -85,13 +113,18 @@ class ReasoningStep:
         return self.engines["visual_tokens"].run({"pixel_values": pixels})["visual_tokens"]
 
     def __call__(
-        self, frames: Sequence[np.ndarray], query: str, frame_tokens: torch.Tensor | None = None
+        self,
+        frames: Sequence[np.ndarray],
+        query_or_queries: str | Sequence[str],
+        frame_tokens: torch.Tensor | None = None,
     ) -> ReasoningResult:
-        """Reason on ``frames`` = references in temporal order followed by the target.
+        """Reason on ``frames`` = references in temporal order followed by the target, for one
+        query or a sequence of up to MAX_QUERIES queries about the same window.
 
         With a single frame it is both the only reference and the target (VISA with one
         image token). ``frame_tokens`` ([N,112,H], one per frame) skips the visual encoder.
         """
+        queries = as_queries(query_or_queries)
         if not frames:
             raise InputError("frames: none given; expected 1 to 12 frames (references..., target)")
         if len(frames) > MAX_REFERENCES + 1:
@@ -109,9 +142,8 @@ class ReasoningStep:
             refs = frame_tokens[:-1] if len(frames) > 1 else frame_tokens
             image_tokens = torch.cat([refs, frame_tokens[-1:]], 0)
             with timer.stage("llm_prefill"):
-                ids = m.prompt(query, image_tokens.shape[0] - 1)
-                embeds, positions = expand_image_tokens(ids, image_tokens, m.llm.get_input_embeddings(), m.prompt.seg_token_id)
-                hidden = seg_hidden_states(m.llm, embeds, positions[:1])
+                prompts = [m.prompt(q, image_tokens.shape[0] - 1) for q in queries]
+                hidden = query_seg_states(m.llm, prompts, image_tokens, m.prompt.seg_token_id)
             with timer.stage("seg_head"):
                 seg = m.text_hidden_fcs(hidden.to(self.dtype))
             target = frames[-1]
@@ -121,13 +153,14 @@ class ReasoningStep:
             with timer.stage("mask_decoder"):
                 out = self.engines["mask_decoder"].run({"image_embeddings": emb, "seg_embeddings": seg})
             with timer.stage("postprocess"):
-                logits = sam.postprocess(out["low_res_logits"], resized, target.shape[:2])[0].cpu().numpy()
+                logits = sam.postprocess(out["low_res_logits"], resized, target.shape[:2]).cpu().numpy()
         return ReasoningResult(
-            mask=(logits > 0).astype(np.uint8),
-            logits=logits,
+            queries=queries,
+            masks=(logits > 0).astype(np.uint8),
+            mask_logits=logits,
             low_res_logits=out["low_res_logits"].float().cpu(),
             seg_hidden=hidden.float().cpu(),
             seg_embedding=seg.float().cpu(),
-            iou=float(out["iou"].reshape(-1)[0]),
+            ious=out["iou"].float().cpu().numpy().reshape(-1),
             timings=timer.timings,
         )

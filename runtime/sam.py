@@ -186,17 +186,6 @@ def dense_positional_encoding(gaussian: torch.Tensor, grid: tuple[int, int]) -> 
     return torch.cat([proj.sin(), proj.cos()], dim=-1).permute(2, 0, 1).unsqueeze(0)
 
 
-class SamImageEncoder(nn.Module):
-    """Padded image [B,3,1024,1024] -> image embeddings [B,256,64,64]."""
-
-    def __init__(self, image_encoder: nn.Module):
-        super().__init__()
-        self.image_encoder = image_encoder
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.image_encoder(image)
-
-
 class SegMaskDecoder(nn.Module):
     """SAM mask decoder prompted by [SEG] embeddings, one mask per query.
 

@@ -33,6 +33,7 @@ def test_export_one_network(tiny_checkpoint, tmp_path, capsys):
     (["--backend", "tensorrt", "--precision", "fp16"], "TensorRT is not installed"),
     (["--networks", "visual_tokens,tracker"], "--networks: unknown ['tracker']"),
     (["--frame-size", "480by640"], "--frame-size '480by640': expected HxW"),
+    (["--frame-size", "480x640"], "--frame-size: only the XMem engines depend on the frame size; give it with --xmem"),
     (["--xmem", "XMem.pth"], "--xmem: also give --frame-size HxW"),
     (["--xmem", "missing/XMem.pth", "--frame-size", "480x640"], "missing/XMem.pth: not found; expected a checkpoint file or folder"),
 ])

@@ -1,4 +1,4 @@
-"""The VISA reasoning step as a streaming ``Reasoner``, with per-frame visual-token caching."""
+"""The VISA reasoning step as a streaming ``Reasoner`` (one or several queries), with per-frame visual-token caching."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..reasoning import ReasoningStep
+from ..networks import MAX_FRAMES
+from ..reasoning import ReasoningStep, as_queries
 from .scheduler import ReasonOutput
 from .sources import Frame
 
@@ -49,9 +50,16 @@ class VisaReasoner:
                 self._cache.popitem(last=False)
         return torch.stack(out)
 
-    def __call__(self, frames: Sequence[Frame], query: str) -> ReasonOutput:
+    def check_query(self, query_or_queries: str | Sequence[str], n_frames: int = MAX_FRAMES) -> None:
+        """Raise InputError unless every query is one the step can run on ``n_frames`` frames
+        (1..MAX_QUERIES strings whose prompts fit the LLM's positions)."""
+        for query in as_queries(query_or_queries):
+            self.step.model.check_query(query, n_frames)
+
+    def __call__(self, frames: Sequence[Frame], queries: str | Sequence[str]) -> ReasonOutput:
+        """The target frame's mask for each query: ``mask`` is the first query's, ``masks`` all [Q,H,W]."""
         t0 = time.perf_counter()
         tokens = self.tokens(frames)
         encode_s = time.perf_counter() - t0
-        result = self.step([f.image for f in frames], query, frame_tokens=tokens)
-        return ReasonOutput(result.mask, {"visual_tokens": encode_s, **result.timings})
+        result = self.step([f.image for f in frames], queries, frame_tokens=tokens)
+        return ReasonOutput(result.mask, {"visual_tokens": encode_s, **result.timings}, masks=result.masks)

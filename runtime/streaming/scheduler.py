@@ -70,6 +70,7 @@ class ReasonOutput:
 
     mask: np.ndarray  # uint8 [H,W] 0/1
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    masks: np.ndarray | None = None  # uint8 [Q,H,W] one mask per query (reasoners given several queries); mask = masks[0]
 
 
 class Reasoner(Protocol):

@@ -1,0 +1,133 @@
+"""Several queries in one reasoning step (issue #13): shared prefill, batched mask decoder.
+
+On the golden tiny VISA (fp32), each query's [SEG] state, [SEG] embedding and mask logits from
+one multi-query step equal those of a single-query step within 1e-4 and the binary masks are
+identical. Measured here: states ~2e-6, logits ~1e-6.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from visa_edge.runtime.errors import InputError
+from visa_edge.runtime.io import read_rgb
+from visa_edge.runtime.llm import expanded_length, shared_prefix_length
+from visa_edge.runtime.model import VisaModel
+from visa_edge.runtime.networks import MAX_QUERIES
+from visa_edge.runtime.prompt import IMAGE_TOKEN_INDEX
+from visa_edge.runtime.reasoning import ReasoningStep
+from visa_edge.runtime.streaming.reasoner import VisaReasoner
+from visa_edge.runtime.streaming.sources import Frame
+
+TOL = 1e-4
+# the golden query, a question (VISA's long template), a short one, and the golden query again
+QUERIES = ("the red ball moving to the right", "which object moves fastest in the video?", "the cube", "the red ball moving to the right")
+
+
+def max_abs(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+@pytest.fixture(scope="module")
+def model(golden_visa):
+    return VisaModel.from_pretrained(golden_visa / "hf_model", clip=golden_visa / "clip_vision_tower")
+
+
+@pytest.fixture(scope="module")
+def frames(golden_visa):
+    return [read_rgb(p) for p in sorted((golden_visa / "frames").glob("seq*.png"))]
+
+
+@pytest.fixture(scope="module")
+def step(model):
+    return ReasoningStep(model)
+
+
+@pytest.fixture(scope="module")
+def tokens(step, frames):
+    return step.visual_tokens(frames)
+
+
+@pytest.fixture(scope="module")
+def single(step, frames, tokens):
+    return [step(frames, q, frame_tokens=tokens) for q in QUERIES]
+
+
+@pytest.fixture(scope="module")
+def multi(step, frames, tokens):
+    return step(frames, list(QUERIES), frame_tokens=tokens)
+
+
+def test_shared_prefix_holds_every_image_and_stops_before_seg(model):
+    prompts = [model.prompt(q, 11) for q in QUERIES]
+    n = shared_prefix_length(prompts, model.prompt.seg_token_id)
+    last_image = max(i for i, t in enumerate(prompts[0]) if t == IMAGE_TOKEN_INDEX)
+    assert last_image < n < min(len(p) for p in prompts)
+    assert prompts[0][:n].count(IMAGE_TOKEN_INDEX) == 12
+    assert expanded_length(prompts[0][:n], 112) == n + 12 * 111
+    # identical prompts share everything up to, not including, the id whose state is read
+    same = shared_prefix_length([prompts[0], prompts[0]], model.prompt.seg_token_id)
+    assert prompts[0][same + 1] == model.prompt.seg_token_id
+
+
+def test_each_query_equals_its_single_query_step(multi, single):
+    assert multi.queries == QUERIES
+    assert multi.masks.shape == (len(QUERIES), 240, 320) and multi.masks.dtype == np.uint8
+    assert multi.mask_logits.shape == multi.masks.shape and multi.low_res_logits.shape == (len(QUERIES), 1, 256, 256)
+    for q, one in enumerate(single):
+        assert max_abs(multi.seg_hidden[q], one.seg_hidden[0]) <= TOL
+        assert max_abs(multi.seg_embedding[q], one.seg_embedding[0]) <= TOL
+        assert max_abs(multi.mask_logits[q], one.logits) <= TOL
+        assert max_abs(multi.ious[q], one.iou) <= TOL
+        assert np.array_equal(multi.masks[q], one.mask)
+
+
+def test_queries_get_different_masks_and_duplicates_the_same(multi):
+    assert max_abs(multi.seg_hidden[0], multi.seg_hidden[3]) <= TOL
+    assert np.array_equal(multi.masks[0], multi.masks[3])
+    assert max_abs(multi.seg_hidden[0], multi.seg_hidden[1]) > 0.1
+    assert not np.array_equal(multi.masks[0], multi.masks[2])
+
+
+def test_first_query_is_what_single_query_callers_read(multi, golden_visa):
+    """``mask``/``logits``/``iou`` are the first query's, and it still matches the original VISA."""
+    assert multi.mask is multi.masks[0] or np.array_equal(multi.mask, multi.masks[0])
+    assert np.array_equal(multi.logits, multi.mask_logits[0]) and multi.iou == float(multi.ious[0])
+    ref = np.load(golden_visa / "sam.npz")
+    assert max_abs(multi.logits, ref["mask_logits"][0]) <= TOL
+
+
+def test_timings_cover_every_stage_once(multi):
+    assert set(multi.timings) == {"llm_prefill", "seg_head", "sam_encoder", "mask_decoder", "postprocess"}
+
+
+@pytest.mark.parametrize("queries, message", [
+    ([], "queries: 0 given; expected 1 to 8"),
+    (["a"] * (MAX_QUERIES + 1), "queries: 9 given; expected 1 to 8"),
+    (["a", 3], "queries: expected strings, got ['int']"),
+    (["a", "  "], "query: empty"),
+])
+def test_bad_query_lists_are_refused(step, frames, tokens, queries, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        step(frames, queries, frame_tokens=tokens)
+
+
+def test_visa_reasoner_returns_a_mask_per_query(step, frames, multi):
+    reasoner = VisaReasoner(step)
+    out = reasoner([Frame(i, i / 10, f, f"{i:05d}") for i, f in enumerate(frames)], list(QUERIES[:3]))
+    assert out.masks.shape == (3, 240, 320)
+    assert np.array_equal(out.masks, multi.masks[:3]) and np.array_equal(out.mask, multi.masks[0])
+    single = reasoner([Frame(i, i / 10, f, f"{i:05d}") for i, f in enumerate(frames)], QUERIES[0])
+    assert single.masks.shape == (1, 240, 320) and np.array_equal(single.mask, multi.masks[0])
+    assert reasoner.encoded == len(frames)  # the second call reused every cached frame
+
+
+def test_visa_reasoner_checks_queries_against_the_model(step):
+    reasoner = VisaReasoner(step)
+    reasoner.check_query(list(QUERIES))
+    with pytest.raises(InputError, match="query: too long"):
+        reasoner.check_query(["the cube", "the cube " * 400])
+    with pytest.raises(InputError, match="queries: 9 given"):
+        reasoner.check_query(["the cube"] * 9)
