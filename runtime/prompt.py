@@ -12,9 +12,15 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import CheckpointError, InputError
+
+if TYPE_CHECKING:
+    from sentencepiece import SentencePieceProcessor
+    from tokenizers import Tokenizer
 
 IMAGE_TOKEN_INDEX = -200
 IMAGE_TOKEN = "<image>"
@@ -78,20 +84,21 @@ class SentencePieceText:
     ``legacy=False`` drops that prefix on a piece that follows a special or added token.
     """
 
-    processor: object
+    processor: SentencePieceProcessor
     specials: dict[str, SpecialToken]
     legacy: bool
     bos_id: int | None
     eos_id: int | None
 
-    def __post_init__(self):
+    @cached_property
+    def _split(self) -> re.Pattern:
         names = sorted(self.specials, key=len, reverse=True)
-        object.__setattr__(self, "_split", re.compile("(" + "|".join(map(re.escape, names)) + ")"))
+        return re.compile("(" + "|".join(map(re.escape, names)) + ")")
 
     def __call__(self, text: str) -> list[int]:
         if not self.legacy:
             text = SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " ")
-        parts = [p for p in self._split.split(text)]
+        parts = self._split.split(text)  # odd indices: special tokens
         for i, part in enumerate(parts):
             token = self.specials.get(part) if i % 2 else None
             if token is None:
@@ -207,7 +214,7 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _special_tokens(folder: Path, config: dict) -> dict[str, SpecialToken | None]:
+def _special_tokens(folder: Path, config: dict) -> dict[str, tuple[str, bool, bool] | None]:
     """bos/eos/unk/pad as (content, strip flags); special_tokens_map.json overrides the config, as in 4.31."""
     values = {k: config.get(k, default) for k, default in _SPECIAL_KEYS.items()}
     values.update({k: v for k, v in _read_json(folder / "special_tokens_map.json").items() if k in _SPECIAL_KEYS})
@@ -268,7 +275,10 @@ def _load_sentencepiece(folder: Path) -> PromptTokenizer:
             )
         specials[content] = SpecialToken(index, True, True)  # 4.31 strips spaces around non-special added tokens
     if SEG_TOKEN not in added:
-        raise CheckpointError(f"{folder}: the tokenizer has no {SEG_TOKEN} token; expected a VISA tokenizer with {SEG_TOKEN} added")
+        raise CheckpointError(
+            f"{folder} (tokenizer): the tokenizer has no {SEG_TOKEN} token in added_tokens.json or tokenizer_config.json's "
+            f"added_tokens_decoder; expected a VISA tokenizer with {SEG_TOKEN} added"
+        )
     bos = specials[named["bos_token"][0]].id if named["bos_token"] else None
     eos = specials[named["eos_token"][0]].id if named["eos_token"] else None
     legacy = config.get("legacy")
@@ -305,7 +315,9 @@ def _load_tokenizer_json(folder: Path) -> PromptTokenizer:
         raise CheckpointError(f"{path}: not a tokenizers file ({e})") from e
     added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     if SEG_TOKEN not in added:
-        raise CheckpointError(f"{path}: the tokenizer has no {SEG_TOKEN} token; expected a VISA tokenizer with {SEG_TOKEN} added")
+        raise CheckpointError(
+            f"{path} (tokenizer): the tokenizer has no {SEG_TOKEN} token in added_tokens; expected a VISA tokenizer with {SEG_TOKEN} added"
+        )
     config = _read_json(folder / "tokenizer_config.json")
     bos = _special_tokens(folder, config)["bos_token"]
     bos_id = tokenizer.token_to_id(bos[0]) if bos else None
@@ -314,7 +326,7 @@ def _load_tokenizer_json(folder: Path) -> PromptTokenizer:
 
 @dataclass(frozen=True)
 class _WordLevelText:
-    tokenizer: object
+    tokenizer: Tokenizer
 
     def __call__(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
