@@ -261,8 +261,8 @@ def random_visa7b(workdir: Path, device: torch.device, llm: bool, seed: int = 0)
     """A VisaModel with VISA-7B's architectures and random weights (fp32; the LLM in NF4 when ``llm``).
 
     The prompt tokenizer is the tiny checkpoint's (a 400-piece sentencepiece BPE with [SEG]): it
-    splits the prompt into 277 text tokens, more than Vicuna's 32k-piece tokenizer, so the window
-    (1,621 tokens) is longer than VISA-7B's by less than 277 tokens.
+    splits the prompt into 265 text tokens, more than Vicuna's 32k-piece tokenizer (127), so the window
+    (1,609 tokens) is longer than VISA-7B's (1,471) by 138 tokens.
     """
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
