@@ -162,7 +162,7 @@ class _VisaEdge:
     def _show_stream_parameters(self) -> None:
         """Set the dynamic stream parameters to the runtime's values (a ready runtime's config wins)."""
         cfg = self.runtime.config
-        self.set_parameters([Parameter("every_frames", value=cfg.every_frames or 0),
+        self.set_parameters_atomically([Parameter("every_frames", value=cfg.every_frames or 0),
                              Parameter("every_seconds", value=float(cfg.every_seconds or 0.0)),
                              Parameter("min_confidence", value=float(cfg.min_confidence))])
 

@@ -397,7 +397,7 @@ class Probe:
 
     def set_parameters(self, values: dict, timeout: float = 20.0) -> list[tuple[bool, str]]:
         """Set the node's parameters (one request); (successful, reason) per parameter."""
-        if not self.parameter_client.wait(timeout_sec=timeout):
+        if not self.parameter_client.wait_for_services(timeout_sec=timeout):
             raise ProbeTimeout(f"parameter services of {self.target} not available after {timeout:.0f} s")
         future = self.parameter_client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
         return [(r.successful, r.reason) for r in self._result(future, timeout, "set_parameters").results]

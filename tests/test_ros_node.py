@@ -6,6 +6,7 @@ random domain; every wait is bounded and says what was missing."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import signal
@@ -24,12 +25,13 @@ try:
     from rclpy.parameter import Parameter
     from rclpy.signals import SignalHandlerOptions
 
-    from visa_edge.ros_node.node import VisaEdgeNode
-    from visa_edge.ros_node.probe import ProbeProcess, frame_id_of, square_box
+    from visa_edge.ros_node.node import ManagedVisaEdgeNode, VisaEdgeNode
+    from visa_edge.ros_node.probe import ProbeProcess, camera_k, frame_id_of, square_box
 except ImportError as e:
     pytest.skip(f"rclpy / ROS 2 message packages not importable ({e}); install them with pip install -e '.[ros]'",
                 allow_module_level=True)
 
+from visa_edge.runtime.errors import InputError
 from visa_edge.runtime.streaming import ReasonOutput, StreamConfig, StreamingRuntime
 from visa_edge.runtime.tracking import Tracker, TrackOutput
 
@@ -108,12 +110,19 @@ def probe(ros_env):
     p.close()
 
 
+QUERY_LIMIT = 64  # characters RedReasoner.check_query accepts
+
+
 class RedReasoner:
     """Segments the red square (query mentions "square") or the rest; records the target frames."""
 
     def __init__(self, gate: threading.Event | None = None):
         self.calls: list[int] = []
         self.gate = gate
+
+    def check_query(self, query: str) -> None:
+        if len(query) > QUERY_LIMIT:
+            raise InputError(f"query of {len(query)} characters: expected at most {QUERY_LIMIT}")
 
     def __call__(self, frames, query):
         if self.gate is not None:
@@ -147,26 +156,39 @@ _namespaces = (f"/t{n}_{random.SystemRandom().randrange(16**6):06x}" for n in it
 
 
 @contextmanager
-def running_node(context, probe, runtime, compressed=False, **params):
-    """The node (spun on a thread here) and the probe, in a fresh namespace, matched both ways."""
+def running_node(context, probe, runtime, compressed=False, latched_query="", node_class=None, ready=True,
+                 **params):
+    """The node (spun on a thread here) and the probe, in a fresh namespace, matched both ways.
+
+    ``latched_query``: the probe publishes it (transient-local) before the node starts.
+    ``node_class``: VisaEdgeNode or ManagedVisaEdgeNode (``runtime`` is then a factory);
+    ``ready``: wait for discovery (a managed node is matched only once active)."""
     namespace = next(_namespaces)
     params = {"input_qos": "reliable", "input_depth": 64, "queue_size": 64, "diagnostics_period": 0.1,
               "compressed": compressed, **params}
-    node = VisaEdgeNode(runtime, namespace=namespace, context=context,
-                        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    if latched_query:
+        probe.open(namespace, compressed=compressed, latched_query=latched_query)
+    overrides = [Parameter(k, value=v) for k, v in params.items()]
+    if node_class is ManagedVisaEdgeNode:
+        node = node_class(runtime_factory=runtime, namespace=namespace, context=context, parameter_overrides=overrides)
+    else:
+        node = VisaEdgeNode(runtime, namespace=namespace, context=context, parameter_overrides=overrides)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
     try:
-        probe.open(namespace, compressed=compressed)
-        probe.call("wait_ready", timeout=20.0)
+        if not latched_query:
+            probe.open(namespace, compressed=compressed)
+        if ready:
+            probe.call("wait_ready", timeout=20.0)
         yield node
     finally:
         executor.shutdown()
         spin.join(10)
         node.destroy_node()
-        runtime.close()
+        if node_class is not ManagedVisaEdgeNode:
+            runtime.close()
 
 
 def set_query(probe, text: str) -> None:
@@ -180,6 +202,35 @@ def assert_square_masks(masks: dict, height: int = H, width: int = W) -> None:
         assert (m.frame_id, m.encoding, m.height, m.width, m.step) == (frame_id_of(i), "mono8", height, width, width), i
         assert m.values == (0, 255), (i, m.values)
         assert m.box == square_box(i, height, width) and m.area == SIDE * SIDE, (i, m.box, m.area)
+
+
+def assert_frame_metadata(probe, sent: list[int]) -> None:
+    """mask_info, mask_polygon, mask/camera_info and mask_markers of each frame (every_frames=10, blocking)."""
+    infos = probe.call("wait_received", kind="mask_infos", indices=sent)
+    for i in sent:
+        age = i % 10
+        v = infos[i]
+        assert (v["frame_id"], v["frame_index"], v["message"], v["mask_source"]) == \
+            (frame_id_of(i), str(i), v["mask_source"], "tracked" if age else "reasoning"), (i, v)
+        assert (v["anchor_index"], v["anchor_age_frames"], v["anchor_age_s"]) == \
+            (str(i - age), str(age), f"{age * 1.000001:.3f}"), (i, v)  # stamps: (1000 + i) s + i us
+        assert (v["confidence"], v["query"], v["query_id"], v["mask_fraction"]) == \
+            ("0.9000", SQUARE_QUERY, "1", f"{SIDE * SIDE / (H * W):.5f}"), (i, v)
+        assert float(v["staleness_ms"]) >= 0 and float(v["anchor_latency_reasoning_ms"]) >= 0, v
+    polygons = probe.call("wait_received", kind="polygons", indices=sent)
+    cams = probe.call("wait_received", kind="camera_infos", indices=sent)
+    markers = probe.call("wait_received", kind="markers", indices=sent)
+    for i in sent:
+        x, y, w, h = square_box(i, H, W)
+        corners = [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+        assert polygons[i] == (frame_id_of(i), corners), (i, polygons[i])
+        # camera_info published for a 2x size: K and P scaled by 1/2 to the mask's size
+        k = camera_k(W, H)
+        assert cams[i] == {"frame_id": frame_id_of(i), "width": W, "height": H, "k": k,
+                           "p": [k[0], 0, k[2], 0, 0, k[4], k[5], 0, 0, 0, 1, 0]}, (i, cams[i])
+        action, points = markers[i]
+        rays = [((u - W / 2) / W, (v - H / 2) / W, 1.0) for u, v in corners]
+        assert action == 0 and np.allclose(points, rays + rays[:1]), (i, points)
 
 
 def udp_addresses(pid: int) -> set[str]:
@@ -204,11 +255,13 @@ def test_every_frame_gets_its_mask_with_its_header(context, probe):
     runtime, reasoner = make_runtime()
     with running_node(context, probe, runtime, publish_overlay=True) as node:
         set_query(probe, SQUARE_QUERY)
-        sent = probe.call("publish_frames", first=0, count=24, height=H, width=W, encodings=("rgb8", "bgr8", "mono8"))
+        sent = probe.call("publish_frames", first=0, count=24, height=H, width=W, encodings=("rgb8", "bgr8", "mono8"),
+                          camera_info=(2 * W, 2 * H))
         masks = probe.call("wait_masks", indices=sent, timeout=20.0)
         assert_square_masks(masks)
         rois = probe.call("wait_rois", count=24, timeout=20.0)
         assert rois == [square_box(i, H, W) for i in sent]
+        assert_frame_metadata(probe, sent)
         diag = probe.call("wait_diagnostics", until={"frames_published": 24}, timeout=20.0)
         got = probe.call("received")
         assert got["masks"] == sent and got["duplicates"] == []
@@ -311,6 +364,133 @@ def test_a_full_queue_drops_the_oldest_frames(context, probe):
         diag = probe.call("wait_diagnostics", until={"frames_published": 2})
         assert probe.call("received")["masks"] == [0, 11] and diag["dropped_frames"] == "10"
     assert reasoner.calls == [0, 11] and sent == list(range(1, 12))  # 11 is 10 frames after 0: every_frames
+
+
+CAMERA_ENCODINGS = ("rgba8", "bgra8", "yuv422", "yuv422_yuy2", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8",
+                    "bayer_grbg8", "rgb16", "bgr16", "mono16")
+
+
+def test_camera_driver_encodings(context, probe):
+    """rgba/bgra, YUV 4:2:2 (UYVY, YUYV), the four Bayer mosaics and 16-bit rgb/bgr/mono in both byte orders."""
+    runtime, _ = make_runtime()
+    with running_node(context, probe, runtime):
+        set_query(probe, SQUARE_QUERY)
+        sent = probe.call("publish_frames", first=0, count=len(CAMERA_ENCODINGS), encodings=CAMERA_ENCODINGS)
+        sent += probe.call("publish_frames", first=len(sent), count=3, encodings=("rgb16", "bgr16", "mono16"),
+                           big_endian=True)
+        masks = probe.call("wait_masks", indices=sent)
+        bayer = [i for i, e in enumerate(CAMERA_ENCODINGS) if e.startswith("bayer")]
+        assert_square_masks({i: m for i, m in masks.items() if i not in bayer})
+        for i in bayer:  # demosaicing blurs the square's edges by at most a pixel
+            assert all(abs(a - b) <= 1 for a, b in zip(masks[i].box, square_box(i, H, W))), (i, masks[i].box)
+        probe.call("publish_raw", index=100, encoding="32FC1", height=H, width=W, step=4 * W, data=bytes(4 * H * W))
+        probe.call("publish_raw", index=101, encoding="yuv422", height=H, width=W - 1, step=2 * (W - 1),
+                   data=bytes(2 * H * (W - 1)))
+        diag = probe.call("wait_diagnostics", until={"rejected_frames": 2, "frames_published": len(sent)})
+        assert diag["last_rejection"] == f"image width {W - 1} is odd: yuv422 (YUV 4:2:2) needs an even width"
+
+
+def test_latched_query_published_before_the_node_starts(context, probe):
+    runtime, reasoner = make_runtime()
+    with running_node(context, probe, runtime, latched_query=SQUARE_QUERY):
+        diag = probe.call("wait_diagnostics", until={"query": SQUARE_QUERY})
+        assert (diag["query_id"], diag["state"]) == ("1", "tracking")
+        assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=0, count=3)))
+        set_query(probe, BACKGROUND_QUERY)  # a volatile publisher still works beside the latched one
+        background = probe.call("wait_masks", indices=probe.call("publish_frames", first=3, count=2))
+        assert all(m.area == H * W - SIDE * SIDE for m in background.values())
+        probe.call("set_query", text=SQUARE_QUERY, latched=True)  # taken once, though both subscriptions match
+        diag = probe.call("wait_diagnostics", until={"query": SQUARE_QUERY})
+        assert diag["query_id"] == "3"
+    assert reasoner.calls == [0, 3]
+
+
+def test_an_over_long_query_is_refused_and_reported(context, probe):
+    runtime, reasoner = make_runtime(every_frames=1000)
+    with running_node(context, probe, runtime):
+        set_query(probe, SQUARE_QUERY)
+        assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=0, count=2)))
+        probe.call("set_query", text="x" * 100_000)
+        diag = probe.call("wait_diagnostics", until={"queries_refused": 1})
+        error = f"query of 100000 characters: expected at most {QUERY_LIMIT} (100000 chars)"
+        assert (diag["level"], diag["query"], diag["query_id"], diag["query_error"]) == ("2", SQUARE_QUERY, "1", error)
+        assert diag["message"] == f"query refused ({error}); still using {SQUARE_QUERY!r}"
+        level, line = probe.call("wait_rosout", text="query refused")
+        assert level == 30 and line == f"query refused: {error}; still using {SQUARE_QUERY!r}"  # 30: WARN
+        masks = probe.call("wait_masks", indices=probe.call("publish_frames", first=2, count=2))
+        assert_square_masks(masks)  # the previous query stays active
+        assert {v["query_id"] for v in probe.call("wait_received", kind="mask_infos", indices=[2, 3]).values()} == {"1"}
+        set_query(probe, BACKGROUND_QUERY)
+        diag = probe.call("wait_diagnostics", until={"query": BACKGROUND_QUERY})
+        assert (diag["level"], diag["query_error"], diag["queries_refused"]) == ("0", "", "1")
+    assert reasoner.calls == [0]  # the refused query never reached the reasoner
+
+
+def test_dynamic_parameters_and_publishing_while_paused(context, probe):
+    runtime, reasoner = make_runtime(every_frames=1000)
+    with running_node(context, probe, runtime) as node:
+        assert node.describe_parameter("window").read_only and "read-only" in node.describe_parameter("window").description
+        assert not any(node.describe_parameter(n).read_only for n in
+                       ("every_frames", "every_seconds", "min_confidence", "publish_overlay", "publish_when_paused"))
+        assert node.get_parameter("every_frames").value == 1000  # a ready runtime's config is shown
+        assert probe.call("set_parameters", values={"every_frames": 2, "min_confidence": 0.5}) == [(True, "")] * 2
+        assert (runtime.config.every_frames, runtime.config.min_confidence, runtime.config.window) == (2, 0.5, 4)
+        refused = probe.call("set_parameters", values={"min_confidence": 1.5})
+        assert refused == [(False, "parameter min_confidence=1.5: expected 0..1")]
+        assert probe.call("set_parameters", values={"every_seconds": -1.0})[0] == \
+            (False, "parameter every_seconds=-1.0: expected >= 0 (0: off)")
+        ok, reason = probe.call("set_parameters", values={"window": 8})[0]
+        assert not ok and "read-only" in reason.lower() and runtime.config.window == 4
+        set_query(probe, SQUARE_QUERY)
+        assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=0, count=5)))
+        assert reasoner.calls == [0, 2, 4]  # every_frames=2 applied to the running stream
+        assert probe.call("set_parameters", values={"publish_overlay": True, "publish_when_paused": False}) == \
+            [(True, "")] * 2
+        set_query(probe, "")
+        probe.call("publish_frames", first=5, count=3)
+        set_query(probe, SQUARE_QUERY)  # published after frames 5..7: they are processed (paused) first
+        assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=8, count=2)))
+        got = probe.call("received")
+        assert got["masks"] == [0, 1, 2, 3, 4, 8, 9] and sorted(got["overlays"]) == [8, 9]
+        diag = probe.call("wait_diagnostics", until={"frames_received": 10, "frames_published": 7})
+        assert diag["failed_frames"] == "0"
+
+
+def test_python_logging_goes_to_rosout(context, probe):
+    runtime, _ = make_runtime()
+    with running_node(context, probe, runtime):
+        logging.getLogger("visa_edge.runtime.test").warning("disk %s almost full", "/data")
+        assert probe.call("wait_rosout", text="almost full") == (30, "[visa_edge.runtime.test] disk /data almost full")
+
+
+def test_managed_node_lifecycle_over_services(context, probe):
+    """configure builds the runtime, activate starts the topics, deactivate stops them, cleanup frees the runtime."""
+    built: list[StreamingRuntime] = []
+
+    def factory() -> StreamingRuntime:
+        built.append(make_runtime()[0])
+        return built[-1]
+
+    with running_node(context, probe, factory, node_class=ManagedVisaEdgeNode, ready=False,
+                      query=SQUARE_QUERY) as node:
+        assert probe.call("get_state") == "unconfigured" and built == [] and node.runtime is None
+        assert probe.call("change_state", transition="configure")
+        assert probe.call("get_state") == "inactive" and len(built) == 1 and node.runtime is built[0]
+        assert probe.call("wait_diagnostics", until={"state": "inactive"})["query"] == SQUARE_QUERY
+        assert probe.call("change_state", transition="activate")
+        probe.call("wait_ready")
+        assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=0, count=3)))
+        assert probe.call("change_state", transition="deactivate")
+        assert probe.call("get_state") == "inactive" and node.pubs == {} and node.subs == {}
+        probe.call("publish_frames", first=3, count=2)
+        assert probe.call("wait_diagnostics", until={"state": "inactive"})["frames_received"] == "3"
+        assert probe.call("change_state", transition="cleanup")
+        assert probe.call("get_state") == "unconfigured" and node.runtime is None
+        assert built[0]._worker.is_alive() is False  # closed
+        assert probe.call("change_state", transition="configure") and probe.call("change_state", transition="activate")
+        probe.call("wait_ready")
+        assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=5, count=2)))
+        assert len(built) == 2 and probe.call("received")["masks"] == [0, 1, 2, 5, 6]
 
 
 def _node_command(*ros_args: str) -> list[str]:
