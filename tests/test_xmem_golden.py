@@ -5,11 +5,13 @@ consolidation and eviction run) is tracked once per module through recording eng
 many checks read the recorded tensors. The main run loads a ``.pth``, the long-term run a
 ``.safetensors`` file, both written from ``make_weights.py``.
 
-Measured here (CPU float32, 2 threads, torch 2.13), against the asserted tolerances:
+Measured (CPU float32, 2 threads, torch 2.13) on the fixture's Intel AVX-512 Xeon and, where the
+kernels round differently, on an AMD EPYC (the long-term run's figures in brackets), against the
+asserted tolerances:
 
 | tensor | measured max-abs | asserted |
 | --- | --- | --- |
-| key / shrinkage / selection | 0 (bit-exact) | 1e-4 + 1e-4 rel |
+| key / shrinkage / selection | 0 (bit-exact) [EPYC: 7.1e-5 / 1.4e-4 / 2.2e-6] | 1e-4 + 1e-4 rel |
 | f4 / f8 windows of frame 1; f16 of frame 1 cast to float16 | 0 (bit-exact) | 1e-4 + 1e-4 rel (f16: 1e-3 rel) |
 | f16 / f8 / f4 per-channel mean/std, every frame | 9e-15 | 1e-4 + 1e-4 rel |
 | pred logits (1/4 grid) | 3.4e-6 | 1e-2 |
@@ -17,10 +19,18 @@ Measured here (CPU float32, 2 threads, torch 2.13), against the asserted toleran
 | values, readouts (fixtures stored as float16) | 1.96e-3 = float16 rounding, every position | 1e-2 where top-k margin > 1e-4 |
 | prob_fg | max 1.4e-6, per-frame mean 1.5e-7 | max 1e-2, mean 1e-4 |
 | masks | identical but 1 pixel (main frame 6); IoU >= 0.99998 | IoU >= 0.999, <= 100 px |
-| prototype indices / keys | exact | exact |
-| prototype shrinkage / values | 4.5e-6 / 4.8e-6 | 1e-4 / 1e-2 |
-| candidate usage / LT usage before eviction | 1.9e-6 / 1.8e-5 | 1e-4 |
+| prototype sets / ranking order | exact / exact [EPYC: sets equal; order differs at 0, 2, 11, 0 of 128 positions] | >= 124 of 128 common, the others at a usage near-tie (0.05) of the cut / ranked by own usage |
+| prototype keys / shrinkage / values, matched by candidate index | exact / 4.5e-6 / 4.8e-6 [EPYC: 5.4e-5 / 1.7e-5 / 2.6e-4] | 1e-4 + 1e-4 rel / 1e-4 / 1e-2 |
+| candidate usage (1620 per consolidation) | 1.9e-6 [EPYC: 3-7 elements 2e-3 to 0.016, the rest <= 7e-5] | <= 20 elements above 1e-4, all <= 0.05 |
+| LT usage before eviction, elements matched by identity | 1.8e-5 [EPYC: 3 / 5 elements 1.8e-3 to 0.014, the rest <= 3.7e-5] | as candidate usage |
 | memory sizes, schedule (which engines run) | exact | exact |
+
+Usage and prototypes: keys are not bit-exact across CPUs (the fixture README's section 6 says that rounding alone
+changes readouts at top-k near-ties), and a near-tie resolved the other way moves one softmax weight
+(median 0.022 for the 30th) from one element to another, so a few usages differ by ~1e-2 and
+prototypes of nearly equal usage may swap rank. The prototype *set* only changes when such an
+element sits at the 128th-usage cut (gaps 2e-3 to 8e-3 here). Long-term elements are compared by
+identity (consolidation frame, candidate index), since their order follows the ranking.
 
 Run time: two 12-frame full-size runs, measured 65-105 s each on the shared 2-core CPU machine.
 """
@@ -45,6 +55,11 @@ from visa_edge.runtime.tracking.xmem.memory import Consolidation, Removal
 N_FRAMES = 12
 ENCODER_TOL = dict(atol=1e-4, rtol=1e-4)
 MARGIN = 1e-4
+# Usage = affinity mass an element received / reads. A top-k near-tie (README 6) that another CPU
+# resolves differently moves one weight (median 0.022 for the 30th) between two elements.
+USAGE_SWAP_BOUND = 0.05
+USAGE_SWAP_ELEMENTS = 20
+PROTO_SWAPS = 4  # prototypes that may differ from the fixture's, each at a usage near-tie at the cut
 
 
 def max_abs(a, b) -> float:
@@ -322,24 +337,76 @@ def test_lt_masks_logits_and_sizes(lt_run, lt_ref):
     assert lt_run.lt_at_read == lt_ref["lt_engaged_at_read"].tolist()
 
 
+def check_usage(got: np.ndarray, ref: np.ndarray, what: str) -> None:
+    """Usage within 1e-4 except at a few elements touched by top-k near-tie swaps, and those bounded."""
+    diff = np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64))
+    assert diff.max() <= USAGE_SWAP_BOUND, f"{what}: usage differs by {diff.max()}"
+    assert (diff > 1e-4).sum() <= USAGE_SWAP_ELEMENTS, f"{what}: {(diff > 1e-4).sum()} usages differ by > 1e-4"
+
+
 def test_lt_consolidations(lt_run, lt_ref):
     assert sorted(lt_run.consolidations) == [int(lt_ref[f"consolidation{i}_frame"]) for i in range(4)]
     for i in range(4):
         got = lt_run.consolidations[int(lt_ref[f"consolidation{i}_frame"])]
         ref = {k: lt_ref[f"consolidation{i}_{k}"] for k in ("usage", "proto_idx", "proto_key", "proto_shrinkage", "proto_value")}
-        assert max_abs(got.usage, ref["usage"]) <= 1e-4
-        np.testing.assert_array_equal(got.indices.numpy(), ref["proto_idx"])
-        np.testing.assert_array_equal(got.key.numpy(), ref["proto_key"])
-        assert max_abs(got.shrinkage, ref["proto_shrinkage"][0]) <= 1e-4
-        assert max_abs(got.value.numpy().T, ref["proto_value"]) <= 1e-2
+        usage, indices = got.usage.numpy(), got.indices.numpy()
+        check_usage(usage, ref["usage"], f"consolidation {i}")
+        assert len(indices) == len(ref["proto_idx"]) == 128
+        assert np.all(np.diff(usage[indices]) <= 0), "prototypes are ranked by usage, descending"
+        cut = np.sort(ref["usage"])[::-1][127]
+        common = np.intersect1d(indices, ref["proto_idx"])
+        assert len(common) >= 128 - PROTO_SWAPS
+        for c in np.setxor1d(indices, ref["proto_idx"]):  # swapped at the boundary: a near-tie in usage
+            assert abs(ref["usage"][c] - cut) <= USAGE_SWAP_BOUND
+        mine = {int(c): j for j, c in enumerate(indices)}
+        theirs = {int(c): j for j, c in enumerate(ref["proto_idx"])}
+        a, b = [mine[int(c)] for c in common], [theirs[int(c)] for c in common]
+        np.testing.assert_allclose(got.key.numpy()[:, a], ref["proto_key"][:, b], **ENCODER_TOL)
+        assert max_abs(got.shrinkage.numpy()[a], ref["proto_shrinkage"][0, b]) <= 1e-4
+        assert max_abs(got.value.numpy()[a].T, ref["proto_value"][:, b]) <= 1e-2
+
+
+def long_term_identities(prototypes: dict[int, np.ndarray], usages: dict[int, np.ndarray], target: int) -> dict[int, list]:
+    """Long-term elements before each removal frame, named (consolidation frame, candidate index).
+
+    Follows the memory's order: at a frame, the removal (keep usage > the n-th smallest, README
+    1.9) comes before the consolidation, which appends the prototypes in ranking order.
+    """
+    ids: list[tuple[int, int]] = []
+    before: dict[int, list] = {}
+    for frame in range(N_FRAMES):
+        if frame in usages:
+            before[frame] = list(ids)
+            usage = usages[frame]
+            threshold = np.sort(usage)[len(usage) - target - 1]
+            ids = [e for e, u in zip(ids, usage) if u > threshold]
+        ids += [(frame, int(c)) for c in prototypes.get(frame, ())]
+    return before
 
 
 def test_lt_removals(lt_run, lt_ref):
-    assert sorted(lt_run.removals) == [int(lt_ref[f"removal{j}_frame"]) for j in range(2)]
-    for j in range(2):
-        got = lt_run.removals[int(lt_ref[f"removal{j}_frame"])]
+    """Usage before eviction, element by element; prototype order may differ at near-ties so elements are matched by identity."""
+    frames = [int(lt_ref[f"removal{j}_frame"]) for j in range(2)]
+    assert sorted(lt_run.removals) == frames
+    target = int(lt_ref["removal0_sizes"][1])
+    mine = long_term_identities(
+        {f: c.indices.numpy() for f, c in lt_run.consolidations.items()},
+        {f: r.usage_before.numpy() for f, r in lt_run.removals.items()},
+        target,
+    )
+    theirs = long_term_identities(
+        {int(lt_ref[f"consolidation{i}_frame"]): lt_ref[f"consolidation{i}_proto_idx"] for i in range(4)},
+        {f: lt_ref[f"removal{j}_lt_usage_before"] for j, f in enumerate(frames)},
+        target,
+    )
+    for j, frame in enumerate(frames):
+        got = lt_run.removals[frame]
         assert [got.size_before, got.target, got.size_after] == lt_ref[f"removal{j}_sizes"].tolist()
-        assert max_abs(got.usage_before, lt_ref[f"removal{j}_lt_usage_before"]) <= 1e-4
+        assert sorted(mine[frame]) == sorted(theirs[frame]), "the same elements are in long-term memory"
+        ours = dict(zip(mine[frame], got.usage_before.numpy()))
+        ref = dict(zip(theirs[frame], lt_ref[f"removal{j}_lt_usage_before"]))
+        keys = sorted(ref)
+        check_usage([ours[k] for k in keys], [ref[k] for k in keys], f"removal {j}")
 
 
 def test_lt_value_hidden_and_first_long_term_readout(lt_run, lt_ref):
