@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io import read_rgb
+from ..validate import check_frame_size
 from .images import decode_compressed, decode_raw
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -120,6 +121,7 @@ class VideoFileSource(FrameSource):
                     raise InputError(f"{self.path}: video data unreadable after {i} frames ({type(e).__name__}: {e})") from e
                 if image is None:
                     break
+                check_frame_size(image, f"{self.path} frame {i}")
                 t = float(frame.time) if frame.time is not None else i / self.fps
                 yield Frame(i, t, image, f"{i:05d}")
                 i += 1
@@ -193,6 +195,7 @@ class RosbagSource(FrameSource):
                         image = decode_compressed(msg.format, msg.data)
                     else:
                         image = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+                    check_frame_size(image, "image")
                 except InputError as e:
                     raise InputError(f"{where}: {e}") from e
                 except Exception as e:
