@@ -141,7 +141,6 @@ class PromptTokenizer:
     bos_token_id: int | None
     seg_token_id: int
     reserved: tuple[str, ...]
-    source: str
 
     def encode(self, text: str) -> list[int]:
         chunks = [self.encode_text(chunk) for chunk in text.split(IMAGE_TOKEN)]
@@ -234,6 +233,8 @@ def _added_tokens(folder: Path, config: dict) -> dict[str, int]:
     added: dict[str, int] = {}
     sources = [(folder / "added_tokens.json", _read_json(folder / "added_tokens.json").items())]
     decoder = config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict) or not all(isinstance(v, dict) for v in decoder.values()):
+        raise CheckpointError(f"{folder / 'tokenizer_config.json'}: added_tokens_decoder is {decoder!r}; expected {{id: {{content: ...}}}}")
     sources.append((folder / "tokenizer_config.json", ((v.get("content"), k) for k, v in decoder.items())))
     for path, items in sources:
         for content, index in items:
@@ -259,7 +260,7 @@ def _load_sentencepiece(folder: Path) -> PromptTokenizer:
     named = _special_tokens(folder, config)
     added = _added_tokens(folder, config)
     specials: dict[str, SpecialToken] = {}
-    for key, token in named.items():
+    for token in named.values():
         if token is not None and token[0] not in specials:
             content, lstrip, rstrip = token
             index = added.get(content, sp.piece_to_id(content))
@@ -289,7 +290,7 @@ def _load_sentencepiece(folder: Path) -> PromptTokenizer:
         bos_id=bos if config.get("add_bos_token", True) else None,
         eos_id=eos if config.get("add_eos_token", False) else None,
     )
-    return PromptTokenizer(text, text.bos_id, added[SEG_TOKEN], tuple(specials), str(folder))
+    return PromptTokenizer(text, text.bos_id, added[SEG_TOKEN], tuple(specials))
 
 
 def _load_tokenizer_json(folder: Path) -> PromptTokenizer:
@@ -321,7 +322,7 @@ def _load_tokenizer_json(folder: Path) -> PromptTokenizer:
     config = _read_json(folder / "tokenizer_config.json")
     bos = _special_tokens(folder, config)["bos_token"]
     bos_id = tokenizer.token_to_id(bos[0]) if bos else None
-    return PromptTokenizer(_WordLevelText(tokenizer), bos_id, added[SEG_TOKEN], tuple(added), str(folder))
+    return PromptTokenizer(_WordLevelText(tokenizer), bos_id, added[SEG_TOKEN], tuple(added))
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,18 @@ def test_query_with_prompt_markers_is_refused(legacy_tok):
             legacy_tok(query, 3)
 
 
+def test_bos_and_eos_follow_the_config(folder, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    case = CASES[0]
+    no_bos = load_prompt_tokenizer(_copy_with_config(folder, tmp_path / "a", add_bos_token=False))
+    assert no_bos(case["query"], case["n_refs"]) == case["ids"][1:]
+    # tokenizer_image_token keeps each chunk's EOS: one after every chunk.
+    eos = load_prompt_tokenizer(_copy_with_config(folder, tmp_path / "b", add_eos_token=True))(case["query"], case["n_refs"])
+    assert eos.count(EOS) == case["n_refs"] + 3 and eos[-2:] == [EOS, EOS]
+    assert [t for t in eos if t != EOS] == [t for t in case["ids"] if t != EOS]
+
+
 def test_added_tokens_decoder_gives_the_same_ids(folder, legacy_tok, tmp_path):
     decoder = {"32000": {"content": SEG_TOKEN, "lstrip": False, "normalized": True, "rstrip": False, "special": False}}
     copy = _copy_with_config(folder, tmp_path, added_tokens_decoder=decoder)
