@@ -8,6 +8,7 @@ file and what was expected.
 from __future__ import annotations
 
 import contextlib
+import zipfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -58,13 +59,23 @@ def load_file(path: Path, keep: Callable[[str], bool] | None = None) -> dict[str
                 return {k: f.get_tensor(k) for k in f.keys() if keep is None or keep(k)}
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # corrupt or truncated file: report which one
-        raise CheckpointError(f"{path}: could not be read as a weight file ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: could not be read as a weight file ({_why_unreadable(path, e)})") from e
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}")
     bad = [f"{k!r}: {type(v).__name__}" for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: expected a state dict of name -> tensor; {len(bad)} entries are not: {_clip_list(bad, 5)}")
     return {k: v for k, v in sd.items() if keep is None or keep(k)}
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """A short reason a weight file failed to load (torch's own message for a non-zip file misleads)."""
+    if path.suffix != ".safetensors" and not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        return (f"{size} bytes, not a PyTorch zip archive: corrupt, truncated, a Git LFS pointer, or saved with "
+                "torch.save's legacy format")
+    first = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {first[0] if first else 'no message'}"
 
 
 def _index_shards(path: Path, folder: Path) -> list[str]:
