@@ -493,8 +493,9 @@ def test_managed_node_lifecycle_over_services(context, probe):
         assert len(built) == 2 and probe.call("received")["masks"] == [0, 1, 2, 5, 6]
 
 
-def _node_command(*ros_args: str) -> list[str]:
-    return [sys.executable, "-m", "visa_edge.runtime.cli", "ros", "--ros-args", *ros_args]
+def _node_command(*ros_args: str, managed: bool = False) -> list[str]:
+    return [sys.executable, "-m", "visa_edge.runtime.cli", "ros", *(["--managed"] if managed else []),
+            "--ros-args", *ros_args]
 
 
 def test_cli_passes_ros_args_and_reports_bad_parameters(ros_env):
@@ -505,24 +506,34 @@ def test_cli_passes_ros_args_and_reports_bad_parameters(ros_env):
     assert done.returncode == 2 and "'window'" in done.stderr and "INTEGER" in done.stderr, done.stderr
 
 
-def test_cli_node_with_the_tiny_checkpoint(ros_env, probe, tiny_checkpoint):
-    """`visa-edge ros` builds the runtime from its parameters (tiny VISA + flow tracker) and serves masks."""
+def test_cli_managed_node_with_the_tiny_checkpoint(ros_env, probe, tiny_checkpoint):
+    """`visa-edge ros --managed` loads the runtime from its parameters (tiny VISA + flow tracker) on
+    configure, serves masks once active, and routes Python warnings (the tracker's resize) to /rosout."""
     namespace = next(_namespaces)
     proc = subprocess.Popen(_node_command(
         "-r", f"__ns:={namespace}", "-p", f"checkpoint:={tiny_checkpoint.checkpoint}",
         "-p", f"clip:={tiny_checkpoint.clip}", "-p", "tracker:=flow", "-p", "window:=4", "-p", "references:=2",
         "-p", "every_frames:=4", "-p", "blocking:=true",
         "-p", f"query:={SQUARE_QUERY}", "-p", "input_qos:=reliable", "-p", "input_depth:=16", "-p", "queue_size:=16",
-        "-p", "diagnostics_period:=0.1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        "-p", "diagnostics_period:=0.1", managed=True), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         probe.open(namespace)
-        probe.call("wait_ready", timeout=60.0)  # includes loading the checkpoint
+        assert probe.call("get_state", timeout=60.0) == "unconfigured"
+        assert probe.call("change_state", transition="configure", timeout=60.0)  # loads the checkpoint
+        assert probe.call("wait_rosout", text="loaded ")[1].startswith(f"loaded {tiny_checkpoint.checkpoint}")
+        assert probe.call("change_state", transition="activate")
+        probe.call("wait_ready", timeout=60.0)
         sent = probe.call("publish_frames", first=0, count=8, height=2 * H, width=2 * W)
         masks = probe.call("wait_masks", indices=sent, timeout=60.0)
         assert all(m.frame_id == frame_id_of(i) and m.encoding == "mono8" and (m.height, m.width) == (2 * H, 2 * W)
                    and set(m.values) <= {0, 255} for i, m in masks.items())
         diag = probe.call("wait_diagnostics", until={"frames_published": 8}, timeout=20.0)
         assert int(diag["reasoning_completed"]) >= 2 and diag["query"] == SQUARE_QUERY and diag["failed_frames"] == "0"
+        probe.call("publish_frames", first=8, count=1, height=2 * H, width=2 * W)  # reasoning (every_frames=4)
+        probe.call("wait_masks", indices=probe.call("publish_frames", first=9, count=1, height=H, width=W))  # tracked
+        level, line = probe.call("wait_rosout", text="FlowTracker")
+        assert level == 30 and line.startswith(f"[py.warnings] ") and \
+            f"frame of size {W}x{H} in a session of {2 * W}x{2 * H}" in line, line
     finally:
         proc.send_signal(signal.SIGINT)
         try:
