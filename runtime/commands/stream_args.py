@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..streaming.build import PipelineConfig
-from ..streaming.scheduler import StreamConfig
+from ..streaming.scheduler import StreamParameter, stream_config_from, stream_parameters
 from ..tracking.factory import TRACKERS
 from .common import add_model_args, float_arg, int_arg
 
@@ -19,30 +19,33 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--xmem", metavar="PTH", help="XMem.pth for --tracker xmem")
 
 
+def option_name(name: str) -> str:
+    """The CLI option of a StreamConfig field: ``every_frames`` -> ``--every-frames``."""
+    return "--" + name.replace("_", "-")
+
+
 def add_stream_args(p: argparse.ArgumentParser) -> None:
-    d = StreamConfig()
+    """One option per StreamConfig field, generated from its type, default and help text."""
     g = p.add_argument_group("scheduling")
-    g.add_argument("--window", type=int_arg(1), default=d.window, help=f"frames in the reasoning window (default {d.window})")
-    g.add_argument("--references", type=int_arg(1), default=d.references, help=f"reference frames from the window, 1..11 (default {d.references})")
-    g.add_argument("--every-frames", type=int_arg(0), default=d.every_frames, help=f"rerun reasoning every K frames, 0 = off (default {d.every_frames})")
-    g.add_argument("--every-seconds", type=float_arg(0), default=0.0, help="rerun reasoning every T seconds, 0 = off (default off)")
-    g.add_argument("--min-confidence", type=float_arg(0, 1), default=d.min_confidence,
-                   help=f"rerun reasoning when tracker confidence stays below this (default {d.min_confidence})")
-    g.add_argument("--buffer-frames", type=int_arg(1), default=d.buffer_frames, help=f"frames kept for catch-up (default {d.buffer_frames})")
-    g.add_argument("--blocking", action="store_true",
-                   help="wait for every reasoning result before the next frame (deterministic, not real-time)")
+    for param in stream_parameters():
+        if param.type is bool:
+            action = "store_false" if param.default else "store_true"
+            g.add_argument(option_name(param.name), dest=param.name, action=action, help=param.help)
+        else:
+            g.add_argument(option_name(param.name), dest=param.name, type=_parser(param), default=param.default,
+                           metavar=param.type.__name__.upper(), help=f"{param.help} (default {param.default})")
+
+
+def _parser(param: StreamParameter):
+    """argparse type of a numeric parameter: its type and bounds (a None-able one also takes 0: off)."""
+    lo = 0 if param.optional or param.lo is None else param.lo
+    if param.type is int:
+        return int_arg(int(lo))
+    return float_arg(lo, float("inf") if param.hi is None else param.hi)
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    stream = StreamConfig(
-        window=args.window,
-        references=args.references,
-        every_frames=args.every_frames or None,
-        every_seconds=args.every_seconds or None,
-        min_confidence=args.min_confidence,
-        buffer_frames=args.buffer_frames,
-        blocking=args.blocking,
-    )
+    stream = stream_config_from({p.name: getattr(args, p.name) for p in stream_parameters()})
     return PipelineConfig(
         checkpoint=args.checkpoint, clip=args.clip, engines=args.engines, backend=args.backend,
         quantization=None if args.quantization == "none" else args.quantization, device=args.device, dtype=args.dtype,

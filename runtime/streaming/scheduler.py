@@ -1,31 +1,41 @@
 """The streaming runtime: tracking at camera rate, reasoning re-run asynchronously.
 
-Every frame is tracked on the caller's thread and gets exactly one ``FrameResult``. The
-reasoning step runs on one worker thread (at most one step in flight, at most one
-request pending: a newer request replaces the pending one, counted as *coalesced*). Its
-result for frame t0 arrives later: the worker anchors a fresh tracker at t0 with the mask,
-steps it through the buffered frames up to the newest one ("catch-up"), and swaps it in
-between two frames, so the published mask always belongs to the newest frame. A catch-up
-pass steps at most ``catchup_max_steps`` frames: when more are pending it steps an evenly
-spaced subset ending at the newest (trackers follow a few frames' motion); the new tracker
-is swapped in once at most ``catchup_gap`` frames are left or after ``catchup_passes``
-passes, so catch-up converges even when the tracker is barely faster than the camera.
+Every frame gets exactly one ``FrameResult``. The live tracker runs on the caller's thread;
+the reasoning step runs on one worker thread (at most one step in flight, at most one request
+pending). Its result for frame t0 arrives later: the worker anchors a fresh tracker at t0 with
+the mask and steps it through the frames the live tracker has already tracked since t0
+("catch-up", every step with ``index=frame.index`` so it reuses the per-frame features the
+live tracker cached in the factory's ``FeatureCache``), then swaps it in, in O(1) under the
+tracker lock, as soon as it has seen every frame the live tracker has. A pass steps at most
+``catchup_max_steps`` frames (a longer backlog is subsampled, evenly, ending at the newest);
+after ``catchup_passes`` passes the tracker is swapped in anyway (counted as forced).
+
+The live path never waits behind a catch-up: the worker steps without holding the lock. For
+a live source (``process(..., live=True)``) a frame that would be published more than
+``max_delay_periods`` camera periods after its capture is not tracked: it gets a result with
+mask_source "dropped" (the last published mask, counted in ``dropped_late``).
 
 Triggers: a new query, every ``every_frames`` frames or ``every_seconds`` seconds, and
-``confidence_patience`` consecutive frames with tracker confidence below
-``min_confidence``. A failing step is reported in the stats and retried after
-``retry_delay_s`` while tracking continues.
+``confidence_patience`` consecutive frames with tracker confidence below ``min_confidence``;
+cadence triggers wait while a step or its catch-up is running (a query change does not). A
+failing step (an exception of any kind, or a result that is not a 0/1 mask of the frame's
+size) is counted and retried after ``retry_delay_s``; a step running longer than
+``step_timeout_s`` is reported as hung and its worker abandoned (a daemon thread; a fresh
+one takes the next request). Frame indices must increase; ``reset()`` restarts a stream.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 import traceback
+import typing
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,34 +44,107 @@ from ..tracking import Tracker, TrackOutput
 from .sources import Frame
 from .window import FrameBuffer, sample_references
 
-MASK_SOURCES = ("reasoning", "tracked", "none", "paused")
+MASK_SOURCES = ("reasoning", "tracked", "none", "paused", "dropped")
+OPTIONAL_OFF = 0  # a None-able parameter given as 0 means "off" (CLI, ROS)
+
+
+def _param(default: Any, help: str, lo: float | None = None, hi: float | None = None):
+    """A StreamConfig field with its help text and bounds (the CLI and ROS parameters are generated from them)."""
+    return field(default=default, metadata={"help": help, "min": lo, "max": hi})
 
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """Scheduling parameters of the streaming runtime."""
+    """Scheduling parameters of the streaming runtime: the one table the CLI options and ROS parameters come from.
 
-    window: int = 22  # frames in the reasoning window; the newest is the target
-    references: int = 11  # reference frames sampled from the window (VISA: at most 11)
-    every_frames: int | None = 30  # rerun reasoning every K frames (None: off)
-    every_seconds: float | None = None  # rerun reasoning every T seconds (None: off)
-    min_confidence: float = 0.3  # tracker confidence under this is "low"
-    confidence_patience: int = 3  # consecutive low-confidence frames that trigger reasoning
-    buffer_frames: int = 300  # frames kept for windows and catch-up (bounded memory)
-    catchup_max_steps: int = 8  # tracker steps per catch-up pass; more pending frames are subsampled
-    catchup_gap: int = 2  # swap the caught-up tracker in once at most this many frames are left
-    catchup_passes: int = 3  # ... or after this many passes
-    retry_delay_s: float = 0.5  # wait before retrying a failed reasoning step
-    blocking: bool = False  # wait for each reasoning result before the next frame (offline/deterministic)
+    A None-able field is off when None (0 on the CLI and in ROS); its bounds apply otherwise, and 0 is not allowed.
+    """
+
+    window: int = _param(22, "frames in the reasoning window; the newest is the target", 1)
+    references: int = _param(11, "reference frames sampled from the window", 1, 11)
+    every_frames: int | None = _param(30, "rerun reasoning every K frames", 0)
+    every_seconds: float | None = _param(None, "rerun reasoning every T seconds", 0)
+    min_confidence: float = _param(0.3, "tracker confidence under this counts as low", 0, 1)
+    confidence_patience: int = _param(3, "consecutive low-confidence frames that trigger reasoning", 1)
+    buffer_frames: int = _param(300, "frames kept for reasoning windows and catch-up (bounds memory)", 1)
+    catchup_max_steps: int = _param(64, "tracker steps per catch-up pass; a longer backlog is subsampled", 1)
+    catchup_passes: int = _param(8, "catch-up passes before the caught-up tracker is swapped in even with frames "
+                                 "still behind", 1)
+    max_delay_periods: float = _param(2.0, "live sources: a frame that would be published more than this many camera "
+                                      "periods after capture is dropped instead of tracked (0: never drop)", 0)
+    step_timeout_s: float = _param(60.0, "a reasoning step (with its catch-up) running longer, s, is reported as hung "
+                                   "and its worker abandoned; a fresh worker takes the next request (0: never)", 0)
+    retry_delay_s: float = _param(0.5, "wait before retrying a failed reasoning step, s", 0)
+    blocking: bool = _param(False, "wait for each reasoning result before the next frame (offline, deterministic; "
+                            "not real-time)")
 
     def __post_init__(self):
-        if self.window < 1 or not 1 <= self.references <= 11:
-            raise InputError(f"window={self.window}, references={self.references}: expected window >= 1, references in 1..11")
+        for p in stream_parameters():
+            value = getattr(self, p.name)
+            if not (p.optional and value is None or _within(value, p)):
+                raise InputError(f"stream parameter {p.name}={value!r}: expected {describe_bounds(p)}")
         if self.buffer_frames < self.window:
             raise InputError(f"buffer_frames={self.buffer_frames} < window={self.window}: the buffer must hold a window")
-        if self.catchup_max_steps < 1 or self.catchup_passes < 1 or self.catchup_gap < 0:
-            raise InputError(f"catchup_max_steps={self.catchup_max_steps}, catchup_passes={self.catchup_passes}, "
-                             f"catchup_gap={self.catchup_gap}: expected >= 1, >= 1, >= 0")
+
+
+@dataclass(frozen=True)
+class StreamParameter:
+    """One StreamConfig field as a CLI option or ROS parameter sees it."""
+
+    name: str
+    type: type  # int, float or bool
+    default: Any  # None-able fields: OPTIONAL_OFF when None
+    help: str
+    optional: bool  # None-able: OPTIONAL_OFF means None (off)
+    lo: float | None = None  # smallest allowed value (inclusive; OPTIONAL_OFF for a None-able field)
+    hi: float | None = None  # largest allowed value (inclusive)
+
+
+def _within(value: Any, p: StreamParameter) -> bool:
+    """Whether ``value`` has ``p``'s type (an int is a float too) and lies within its bounds."""
+    if p.type is bool or isinstance(value, bool):
+        return p.type is bool and isinstance(value, bool)
+    kind = numbers.Integral if p.type is int else numbers.Real
+    if not isinstance(value, kind) or not math.isfinite(value):
+        return False
+    if p.optional:
+        return value > 0 and (p.hi is None or value <= p.hi)
+    return (p.lo is None or value >= p.lo) and (p.hi is None or value <= p.hi)
+
+
+def describe_bounds(p: StreamParameter) -> str:
+    """What values ``p`` accepts, for error messages."""
+    if p.type is bool:
+        return "true or false"
+    what = "an integer" if p.type is int else "a finite number"
+    if p.lo is not None and p.hi is not None and not p.optional:
+        return f"{p.name} in {p.lo}..{p.hi} ({what})"
+    if p.optional:
+        return f"{what} > 0, or None/0 (off)" + (f" and <= {p.hi}" if p.hi is not None else "")
+    return what + (f" >= {p.lo}" if p.lo is not None else "") + (f" and <= {p.hi}" if p.hi is not None else "")
+
+
+def stream_parameters() -> Iterator[StreamParameter]:
+    """Every StreamConfig field with its type, default, help text and bounds, in declaration order."""
+    hints = typing.get_type_hints(StreamConfig)
+    for f in fields(StreamConfig):
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        optional = type(None) in args
+        base = next(a for a in args if a is not type(None)) if optional else kind
+        default = base(OPTIONAL_OFF) if optional and f.default is None else f.default
+        yield StreamParameter(f.name, base, default, f.metadata["help"] + (" (0: off)" if optional else ""), optional,
+                              f.metadata["min"], f.metadata["max"])
+
+
+def stream_config_from(values: dict[str, Any]) -> StreamConfig:
+    """StreamConfig from parameter values keyed by field name (OPTIONAL_OFF turns a None-able field off)."""
+    kw = {}
+    for p in stream_parameters():
+        if p.name in values:
+            v = values[p.name]
+            kw[p.name] = None if p.optional and v == OPTIONAL_OFF else v
+    return StreamConfig(**kw)
 
 
 @dataclass
@@ -84,18 +167,24 @@ class FrameResult:
     frame: Frame
     mask: np.ndarray  # uint8 [H,W] 0/1
     confidence: float
-    mask_source: str  # one of MASK_SOURCES
+    mask_source: str  # one of MASK_SOURCES ("dropped": not tracked, the last published mask)
     anchor_index: int | None  # frame the current mask was reasoned on
     query: str
     arrival: float  # time.monotonic() when the runtime received the frame
     ready: float  # time.monotonic() when its mask was ready
     track_s: float  # tracker time for this frame
     anchor_latency: dict[str, float] | None = None  # seconds per stage of the reasoning step behind the anchor
+    delay_s: float | None = None  # live sources: capture -> ready, on the runtime's clock (see process())
 
     @property
     def anchor_age(self) -> int | None:
         """Frames between this frame and the frame its anchor was reasoned on."""
         return None if self.anchor_index is None else self.frame.index - self.anchor_index
+
+    @property
+    def dropped(self) -> bool:
+        """Whether the frame was dropped (late, live source) instead of tracked."""
+        return self.mask_source == "dropped"
 
     def metadata(self) -> dict:
         return {
@@ -109,6 +198,7 @@ class FrameResult:
             "mask_fraction": round(float(self.mask.mean()), 5),
             "query": self.query,
             "staleness_ms": round((self.ready - self.arrival) * 1000, 3),
+            "delay_ms": None if self.delay_s is None else round(self.delay_s * 1000, 3),
             "track_ms": round(self.track_s * 1000, 3),
             "anchor_latency_ms": None if self.anchor_latency is None
             else {k: round(v * 1000, 3) for k, v in self.anchor_latency.items()},
@@ -121,13 +211,19 @@ class RuntimeStats:
 
     frames: int = 0
     dropped: int = 0  # frames a live source dropped before the runtime saw them
+    dropped_late: int = 0  # frames the runtime received too late to track (mask_source "dropped")
     reasoning_requested: int = 0
     reasoning_coalesced: int = 0  # pending requests replaced by a newer one
     reasoning_started: int = 0
     reasoning_completed: int = 0
-    reasoning_failed: int = 0
-    results_discarded: int = 0  # results for an old query, or whose frame left the buffer
+    reasoning_failed: int = 0  # raised (anything, SystemExit included) or returned an invalid mask
+    reasoning_invalid: int = 0  # of the failures: results that are not a 0/1 mask of the frame's size
+    reasoning_hung: int = 0  # steps that ran past step_timeout_s (their worker abandoned)
+    workers_abandoned: int = 0  # worker threads left running (hung step, or close() timed out)
+    results_discarded: int = 0  # results for an old query or stream, or whose frame left the buffer
     catchup_frames: int = 0  # frames re-tracked after re-anchoring
+    catchup_forced: int = 0  # swaps after catchup_passes with frames still behind
+    resets: int = 0
     last_error: str | None = None
     reasoning_s: deque = field(default_factory=lambda: deque(maxlen=256))
     catchup_s: deque = field(default_factory=lambda: deque(maxlen=256))
@@ -142,8 +238,28 @@ class RuntimeStats:
         return d
 
 
+def check_reason_output(result: Any, shape: tuple[int, int], where: str) -> np.ndarray:
+    """The uint8 0/1 mask of a reasoner's ``result`` for a frame of ``shape``, or InputError saying what is wrong."""
+    mask = getattr(result, "mask", None)
+    if not isinstance(mask, np.ndarray):
+        raise InputError(f"{where}: reasoner returned {type(result).__name__} with mask {type(mask).__name__}; "
+                         "expected a ReasonOutput with a numpy mask")
+    if mask.shape != tuple(shape):
+        raise InputError(f"{where}: mask of shape {mask.shape}; expected the frame's {tuple(shape)}")
+    if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer):
+        raise InputError(f"{where}: mask of dtype {mask.dtype}; expected uint8 or bool 0/1")
+    if mask.size and (mask.min() < 0 or mask.max() > 1):
+        raise InputError(f"{where}: mask values in [{mask.min()}, {mask.max()}]; expected 0/1")
+    return mask.astype(np.uint8)
+
+
 class StreamingRuntime:
-    """Publishes one mask per frame while the reasoning step reruns on a sliding window."""
+    """Publishes one mask per frame while the reasoning step reruns on a sliding window.
+
+    Locks: ``_lock`` guards the published tracker and what the live path reads (the live step
+    runs under it; the worker takes it only for the O(1) swap); ``_cond`` guards the worker
+    state (``_pending``, ``_busy``, ``_epoch``, ``_stop``).
+    """
 
     def __init__(self, reasoner: Reasoner, tracker_factory: Callable[[], Tracker], config: StreamConfig = StreamConfig(),
                  query: str = ""):
@@ -152,25 +268,33 @@ class StreamingRuntime:
         self.config = config
         self.stats = RuntimeStats()
         self.buffer = FrameBuffer(config.buffer_frames)
-        self._lock = threading.Lock()  # guards the tracker swap and the query state
-        self._wake = threading.Condition()  # worker requests
-        self._done = threading.Condition()  # completion of a reasoning step (blocking mode)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._tracker: Tracker | None = None
-        self._tracker_upto = -1  # newest frame the current tracker has seen
+        self._tracker_upto = -1  # newest frame the published tracker has seen
         self._tracker_out: TrackOutput | None = None  # its output for that frame
+        self._live_upto = -1  # newest frame the live path tracked
         self._anchor: int | None = None
         self._anchor_latency: dict[str, float] | None = None
         self._query = ""
-        self._generation = 0
+        self._generation = 0  # bumped by a query change or reset: older results are discarded
         self._pending: tuple[int, int, str] | None = None  # (generation, target index, query)
         self._busy = False
+        self._step_started = 0.0
+        self._epoch = 0  # the current worker's; an abandoned worker sees another value and exits
+        self._stop = False
+        self._last_index: int | None = None
         self._last_request_index: int | None = None
         self._last_request_time = 0.0
         self._low_streak = 0
         self._retry_at: float | None = None
-        self._stop = False
-        self._worker = threading.Thread(target=self._work, name="reasoning", daemon=True)
-        self._worker.start()
+        self._last_mask: np.ndarray | None = None
+        self._last_conf = 0.0
+        self._clock_offset: float | None = None  # min(arrival - timestamp) over live frames
+        self._previous_live: Frame | None = None
+        self._periods: deque[float] = deque(maxlen=32)  # camera periods from timestamps
+        self._track_times: deque[float] = deque(maxlen=16)  # recent live tracker steps
+        self._start_worker()
         if query:
             self.set_query(query)
 
@@ -178,46 +302,95 @@ class StreamingRuntime:
     def query(self) -> str:
         return self._query
 
+    @property
+    def feature_cache(self):
+        """The tracker factory's shared FeatureCache (None when it has none)."""
+        return getattr(self.tracker_factory, "cache", None)
+
     def set_query(self, query: str) -> None:
-        """Set or replace the query (takes effect with its first reasoning result); "" pauses."""
+        """Set or replace the query (takes effect with its first reasoning result); "" pauses.
+
+        The reasoner's ``check_query`` (if it has one) validates it first; on InputError the
+        previous query stays active.
+        """
+        check = getattr(self.reasoner, "check_query", None)
+        if check is not None and query.strip():
+            check(query)
         with self._lock:
             self._query = " ".join(query.split())
-            self._generation += 1
-            self._tracker, self._tracker_out, self._tracker_upto, self._anchor = None, None, -1, None
-            self._anchor_latency = None
-            self._last_request_index = None
-            self._retry_at = None
-        with self._wake:
+            self._forget_tracking()
+        with self._cond:
             self._pending = None
+
+    def reset(self) -> None:
+        """Restart the stream: frame indices may start again; clears buffer, trackers, caches and the reasoner's."""
+        with self._lock:
+            self._forget_tracking()
+            self.buffer.clear()
+            self._last_index = None
+            self._clock_offset, self._previous_live = None, None
+            self._periods.clear()
+            self._last_mask = None
+        with self._cond:
+            self._pending = None
+        if self.feature_cache is not None:
+            self.feature_cache.clear()
+        if hasattr(self.reasoner, "reset"):
+            self.reasoner.reset()
+        self.stats.resets += 1
+
+    def _forget_tracking(self) -> None:
+        """Drop the tracker and anchor and start a new generation (holding ``_lock``)."""
+        self._generation += 1
+        self._tracker, self._tracker_upto, self._tracker_out = None, -1, None
+        self._anchor, self._anchor_latency = None, None
+        self._last_request_index = None
+        self._retry_at = None
 
     @property
     def reasoning_busy(self) -> bool:
         """Whether a reasoning step is running or waiting to run (for diagnostics)."""
-        return self._busy or self._pending is not None
+        with self._cond:
+            return self._busy or self._pending is not None
 
     def request_reasoning(self) -> None:
         """Force a reasoning step on the next frame (e.g. a ROS service call)."""
         self._last_request_index = None
 
-    def process(self, frame: Frame, arrival: float | None = None) -> FrameResult:
-        """Track one frame (triggering reasoning as configured) and return its result."""
+    def process(self, frame: Frame, arrival: float | None = None, *, live: bool = False) -> FrameResult:
+        """Track one frame (triggering reasoning as configured) and return its result.
+
+        ``live``: the frame comes from a live source (camera, paced replay). Its capture time on
+        the runtime's clock is ``timestamp + offset``, the offset being the smallest
+        ``arrival - timestamp`` seen so far (the least-delayed frame); a frame more than half a
+        camera period late whose tracking would end more than ``max_delay_periods`` periods
+        after capture is dropped (not tracked, not buffered, counted).
+        """
         arrival = time.monotonic() if arrival is None else arrival
-        self.buffer.add(frame)
+        if self._last_index is not None and frame.index <= self._last_index:
+            raise InputError(f"frame {frame.name!r} has index {frame.index} after index {self._last_index}: "
+                             "frame indices must increase (call reset() to restart a stream)")
+        self._last_index = frame.index
         self.stats.frames += 1
+        self._check_hung()
+        due = self._capture_time(frame, arrival) if live else None
+        if due is not None and self._late(due):
+            return self._drop(frame, arrival, due)
+        self.buffer.add(frame)
         if self._query and self._should_reason(frame.index):
             self._submit(frame.index)
             if self.config.blocking:
                 self._wait_idle()
         t0 = time.monotonic()
         with self._lock:
-            query, anchor, latency = self._query, self._anchor, self._anchor_latency
-            if self._tracker is None:
+            query, anchor, latency, tracker = self._query, self._anchor, self._anchor_latency, self._tracker
+            if tracker is None:
                 out = None
-            elif self._tracker_upto >= frame.index:
+            elif self._tracker_upto == frame.index:  # anchored on this very frame (a request made with it)
                 out = self._tracker_out
             else:
-                out = self._tracker.step(frame.image)
-                self._tracker_upto, self._tracker_out = frame.index, out
+                out = tracker.step(frame.image, index=frame.index)
+            self._live_upto = frame.index
         track_s = time.monotonic() - t0
         if out is None:
             mask, conf = np.zeros(frame.image.shape[:2], np.uint8), 0.0
@@ -225,15 +398,51 @@ class StreamingRuntime:
         else:
             mask, conf = out.mask, float(out.confidence)
             source = "reasoning" if anchor == frame.index else "tracked"
+            self._track_times.append(track_s)
         low = source == "tracked" and conf < self.config.min_confidence  # a fresh reasoning mask is not "low"
         self._low_streak = self._low_streak + 1 if low else 0
-        return FrameResult(frame, mask, conf, source, anchor, query, arrival, time.monotonic(), track_s, latency)
+        self._last_mask, self._last_conf = mask, conf
+        ready = time.monotonic()
+        return FrameResult(frame, mask, conf, source, anchor, query, arrival, ready, track_s, latency,
+                           None if due is None else ready - due)
 
-    def run(self, frames: Iterable[Frame], sinks: Sequence = (), on_result: Callable[[FrameResult], None] | None = None) -> RuntimeStats:
-        """Process every frame of ``frames``, writing each result to ``sinks``."""
+    def _capture_time(self, frame: Frame, arrival: float) -> float:
+        """The frame's capture time on the monotonic clock; updates the camera-period estimate."""
+        offset = arrival - frame.timestamp
+        self._clock_offset = offset if self._clock_offset is None else min(self._clock_offset, offset)
+        prev = self._previous_live
+        if prev is not None and frame.index > prev.index and frame.timestamp > prev.timestamp:
+            self._periods.append((frame.timestamp - prev.timestamp) / (frame.index - prev.index))
+        self._previous_live = frame
+        return frame.timestamp + self._clock_offset
+
+    def _late(self, due: float) -> bool:
+        if self.config.max_delay_periods <= 0 or len(self._periods) < 2:
+            return False
+        period = float(np.median(self._periods))
+        now = time.monotonic()
+        track = float(np.median(self._track_times)) if self._track_times else 0.0
+        return now - due > 0.5 * period and now + track - due > self.config.max_delay_periods * period
+
+    def _drop(self, frame: Frame, arrival: float, due: float) -> FrameResult:
+        self.stats.dropped_late += 1
+        shape = frame.image.shape[:2]
+        last = self._last_mask
+        mask = last if last is not None and last.shape == shape else np.zeros(shape, np.uint8)
+        ready = time.monotonic()
+        return FrameResult(frame, mask, self._last_conf, "dropped", self._anchor, self._query, arrival, ready, 0.0,
+                           self._anchor_latency, ready - due)
+
+    def run(self, frames: Iterable[Frame], sinks: Sequence = (), on_result: Callable[[FrameResult], None] | None = None,
+            live: bool | None = None) -> RuntimeStats:
+        """Process every frame of ``frames``, writing each result to ``sinks``.
+
+        ``live`` (default: the source's ``live`` attribute) lets late frames be dropped.
+        """
+        live = bool(getattr(frames, "live", False)) if live is None else live
         source_dropped = getattr(frames, "dropped", None)
         for frame in frames:
-            result = self.process(frame)
+            result = self.process(frame, live=live)
             for sink in sinks:
                 sink.write(result)
             if on_result is not None:
@@ -242,12 +451,18 @@ class StreamingRuntime:
                 self.stats.dropped = frames.dropped
         return self.stats
 
-    def close(self) -> None:
-        """Stop the worker (an in-flight step finishes first)."""
-        with self._wake:
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop the worker; returns whether it ended within ``timeout`` seconds (None: wait for an
+        in-flight step). A worker still running is abandoned (a daemon thread) and counted."""
+        with self._cond:
             self._stop = True
-            self._wake.notify()
-        self._worker.join()
+            self._cond.notify_all()
+        self._worker.join(timeout)
+        if self._worker.is_alive():
+            self.stats.workers_abandoned += 1
+            self.stats.last_error = f"close(timeout={timeout}): the reasoning worker was still running; abandoned"
+            return False
+        return True
 
     def __enter__(self) -> "StreamingRuntime":
         return self
@@ -255,12 +470,38 @@ class StreamingRuntime:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _start_worker(self) -> None:
+        """A fresh worker thread for the current epoch (holding ``_cond`` or before any thread runs)."""
+        self._worker = threading.Thread(target=self._work, args=(self._epoch,), name=f"reasoning-{self._epoch}", daemon=True)
+        self._worker.start()
+
+    def _check_hung(self) -> None:
+        """Abandon a step running past ``step_timeout_s``: report it and start a fresh worker."""
+        limit = self.config.step_timeout_s
+        if not limit:
+            return
+        with self._cond:
+            running = time.monotonic() - self._step_started
+            if not self._busy or running <= limit:
+                return
+            self._epoch += 1
+            self._busy = False
+            self.stats.reasoning_hung += 1
+            self.stats.workers_abandoned += 1
+            self.stats.last_error = (f"reasoning step hung: running {running:.1f} s > step_timeout_s={limit:g}; "
+                                     "its worker was abandoned, a fresh one takes the next request")
+            self._retry_at = time.monotonic() + self.config.retry_delay_s
+            self._start_worker()
+            self._cond.notify_all()
+
     def _should_reason(self, index: int) -> bool:
         cfg, now = self.config, time.monotonic()
         if self._retry_at is not None:
             return now >= self._retry_at
         if self._last_request_index is None:
-            return True
+            return True  # first frame, new query or forced: even while a step runs
+        if self.reasoning_busy:
+            return False  # cadence waits for the running step and its catch-up
         if cfg.every_frames and index - self._last_request_index >= cfg.every_frames:
             return True
         if cfg.every_seconds and now - self._last_request_time >= cfg.every_seconds:
@@ -271,35 +512,48 @@ class StreamingRuntime:
         self._last_request_index, self._last_request_time = index, time.monotonic()
         self._low_streak, self._retry_at = 0, None
         self.stats.reasoning_requested += 1
-        with self._wake:
+        with self._cond:
             if self._pending is not None:
                 self.stats.reasoning_coalesced += 1
             self._pending = (self._generation, index, self._query)
-            self._wake.notify()
+            self._cond.notify_all()
 
     def _wait_idle(self) -> None:
-        with self._done:
-            self._done.wait_for(lambda: self._pending is None and not self._busy)
-
-    def _work(self) -> None:
+        """Blocking mode: wait for the step (a hung one is abandoned after ``step_timeout_s``)."""
+        limit = self.config.step_timeout_s or None
         while True:
-            with self._wake:
-                self._wake.wait_for(lambda: self._stop or self._pending is not None)
-                if self._stop:
+            with self._cond:
+                if self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout=limit):
+                    return
+            self._check_hung()
+
+    def _work(self, epoch: int) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stop or self._epoch != epoch or self._pending is not None)
+                if self._stop or self._epoch != epoch:
                     return
                 request, self._pending, self._busy = self._pending, None, True
+                self._step_started = time.monotonic()
+            error = None
             try:
-                self._reason_and_anchor(*request)
-            except Exception as e:  # reported and retried; tracking goes on
-                self.stats.reasoning_failed += 1
-                self.stats.last_error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
-                self._retry_at = time.monotonic() + self.config.retry_delay_s
-            finally:
-                with self._done:
-                    self._busy = False
-                    self._done.notify_all()
+                self._reason_and_anchor(epoch, *request)
+            except BaseException as e:  # anything a reasoner raises, SystemExit included, is reported and retried
+                error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+            with self._cond:
+                if self._epoch != epoch:
+                    return  # abandoned while it ran (already reported as hung)
+                if error is not None:
+                    self.stats.reasoning_failed += 1
+                    self.stats.last_error = error
+                    self._retry_at = time.monotonic() + self.config.retry_delay_s
+                self._busy = False
+                self._cond.notify_all()
 
-    def _reason_and_anchor(self, generation: int, target: int, query: str) -> None:
+    def _current(self, epoch: int, generation: int) -> bool:
+        return epoch == self._epoch and generation == self._generation
+
+    def _reason_and_anchor(self, epoch: int, generation: int, target: int, query: str) -> None:
         window = self.buffer.window(target, self.config.window)
         if not window or window[-1].index != target:
             self.stats.results_discarded += 1
@@ -308,42 +562,51 @@ class StreamingRuntime:
         self.stats.reasoning_started += 1
         t0 = time.monotonic()
         result = self.reasoner(refs + [window[-1]], query)
+        if not self._current(epoch, generation):
+            self.stats.results_discarded += 1
+            return
+        try:
+            mask = check_reason_output(result, window[-1].image.shape[:2], f"reasoning result for frame {target}")
+        except InputError:
+            self.stats.reasoning_invalid += 1
+            raise
         self.stats.reasoning_s.append(time.monotonic() - t0)
         self.stats.reasoning_completed += 1
         latency = {**result.timings, "reasoning": self.stats.reasoning_s[-1]}
-        if not self._catch_up(generation, window[-1], result.mask, latency):
-            self.stats.results_discarded += 1
-        else:
+        if self._catch_up(epoch, generation, window[-1], mask, latency):
             self.stats.catchup_s.append(latency["catchup"])
+        else:
+            self.stats.results_discarded += 1
 
-    def _catch_up(self, generation: int, anchor: Frame, mask: np.ndarray, latency: dict[str, float]) -> bool:
-        """Anchor a fresh tracker at ``anchor``, step it towards the newest frame, then swap it in.
-
-        Frames keep arriving during a pass; the tracker is swapped in once at most
-        ``catchup_gap`` of them are left (the next published frame bridges them), or after
-        ``catchup_passes`` passes, so a tracker only as fast as the camera still converges.
+    def _catch_up(self, epoch: int, generation: int, anchor: Frame, mask: np.ndarray, latency: dict[str, float]) -> bool:
+        """Anchor a fresh tracker at ``anchor``, step it through the frames the live tracker has
+        tracked since, and swap it in once it has seen all of them (see the module docstring).
         ``latency`` (the step's stage timings) gains ``catchup`` and is published with the anchor.
         """
         start = time.monotonic()
         shadow = self.tracker_factory()
-        out, upto = shadow.anchor(anchor.image, mask), anchor.index
+        upto = anchor.index
+        out = shadow.anchor(anchor.image, mask, index=anchor.index)
         for passes in range(1, self.config.catchup_passes + 1):
-            if generation != self._generation:
-                return False
-            newer = self.buffer.after(upto)
+            with self._lock:
+                if not self._current(epoch, generation):
+                    return False
+                live_upto = self._live_upto
             if self.buffer.last_evicted > upto:
                 return False  # frames after the anchor left the buffer: cannot catch up
-            for frame in subsample(newer, self.config.catchup_max_steps):
-                out, upto = shadow.step(frame.image), frame.index
+            todo = [f for f in self.buffer.after(upto) if f.index <= live_upto]
+            for frame in subsample(todo, self.config.catchup_max_steps):
+                out, upto = shadow.step(frame.image, index=frame.index), frame.index
                 self.stats.catchup_frames += 1
             with self._lock:
-                if generation != self._generation:
-                    return False
-                behind = len(self.buffer.after(upto))
-                if behind <= self.config.catchup_gap or passes == self.config.catchup_passes:
+                if not self._current(epoch, generation) or (self._anchor is not None and anchor.index <= self._anchor):
+                    return False  # a newer stream, query or anchor: anchors never go back in time
+                if upto >= self._live_upto or passes == self.config.catchup_passes:
+                    if upto < self._live_upto:
+                        self.stats.catchup_forced += 1
                     latency["catchup"] = time.monotonic() - start
-                    self._tracker, self._tracker_upto, self._tracker_out, self._anchor = shadow, upto, out, anchor.index
-                    self._anchor_latency = latency
+                    self._tracker, self._tracker_upto, self._tracker_out = shadow, upto, out
+                    self._anchor, self._anchor_latency = anchor.index, latency
                     return True
         return False
 

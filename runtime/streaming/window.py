@@ -42,6 +42,12 @@ class FrameBuffer:
                 self.last_evicted, _ = self._frames.popitem(last=False)
                 self.evicted += 1
 
+    def clear(self) -> None:
+        """Forget every frame (a stream restart)."""
+        with self._lock:
+            self._frames.clear()
+            self.last_evicted = -1
+
     def get(self, index: int) -> Frame | None:
         with self._lock:
             return self._frames.get(index)
