@@ -13,17 +13,32 @@ import numpy as np
 import pytest
 
 from visa_edge.ros_node.config import (
-    PARAMETERS, NodeConfig, defaults, node_config, parameter_args, pipeline_config, stream_config)
-from visa_edge.ros_node.convert import decode_image, mask_bbox, mono8
-from visa_edge.ros_node.diagnostics import ERROR, OK, WARN, NodeCounters, ResultInfo, report, tracking_fps
+    DYNAMIC, PARAMETERS, STREAM_DYNAMIC, NodeConfig, check_dynamic, defaults, node_command, node_config,
+    parameter_args, pipeline_config, stream_config)
+from visa_edge.ros_node.convert import box_corners, decode_image, mask_bbox, mono8, pixel_rays, scale_intrinsics
+from visa_edge.ros_node.diagnostics import (
+    ERROR, OK, WARN, NodeCounters, ResultInfo, mask_info, report, short, tracking_fps)
 from visa_edge.runtime.errors import InputError
-from visa_edge.runtime.streaming import RuntimeStats, StreamConfig
+from visa_edge.runtime.streaming import Frame, FrameResult, RuntimeStats, StreamConfig
+from visa_edge.runtime.streaming.images import RAW_ENCODINGS, decode_raw
 
 
 def test_parameters_are_unique_described_and_typed():
     names = [p.name for p in PARAMETERS]
-    assert len(names) == len(set(names)) == 28
+    assert len(names) == len(set(names)) == 29
     assert all(p.description and type(p.default) in (bool, int, float, str) for p in PARAMETERS)
+    assert set(DYNAMIC) <= set(names) and STREAM_DYNAMIC == ("every_frames", "every_seconds", "min_confidence")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"every_frames": -1}, "every_frames=-1: expected >= 0"),
+    ({"every_seconds": -0.5}, "every_seconds=-0.5: expected >= 0"),
+    ({"min_confidence": 1.01}, "min_confidence=1.01: expected 0..1"),
+])
+def test_dynamic_parameters_are_validated(values, message):
+    with pytest.raises(InputError, match=message):
+        check_dynamic(values)
+    check_dynamic({"every_frames": 0, "every_seconds": 0.0, "min_confidence": 1.0, "publish_overlay": True})
 
 
 def test_defaults_map_to_the_runtime_defaults():
@@ -86,10 +101,14 @@ def _stats(**kw) -> dict:
     return stats.snapshot()
 
 
-def test_tracking_fps_uses_the_recent_horizon():
-    assert tracking_fps([0.0, 0.1, 0.2, 0.3], now=0.3) == pytest.approx(10.0)
+def test_tracking_fps_uses_the_recent_horizon_and_a_minimum_span():
+    assert tracking_fps([i / 10 for i in range(16)], now=1.5) == pytest.approx(10.0)
     assert tracking_fps([0.0, 0.1], now=5.0) == 0.0  # nothing in the last 2 s
     assert tracking_fps([1.0], now=1.0) == 0.0
+    # a queued burst: 1 frame at 10 fps, then 31 results 1 ms apart: at most 31 per second, not 1000 fps
+    burst = [0.0] + [0.9 + i / 1000 for i in range(31)]
+    assert tracking_fps(burst, now=0.93) == pytest.approx(31 / 1.0)
+    assert tracking_fps(burst[1:], now=0.93) == pytest.approx(30.0)
 
 
 def test_diagnostics_report_values_and_levels():
@@ -105,7 +124,7 @@ def test_diagnostics_report_values_and_levels():
 
     assert get("frames_received", "frames_published", "dropped_frames", "rejected_frames") == ("9", "5", "4", "0")
     assert get("reasoning_latency_ms", "reasoning_latency_p50_ms", "reasoning_completed") == ("1000.0", "1000.0", "3")
-    assert get("tracking_fps", "tracker_ms_p50", "anchor_age", "mask_source") == ("20.00", "4.0", "4", "tracked")
+    assert get("tracking_fps", "tracker_ms_p50", "anchor_age", "mask_source") == ("4.00", "4.0", "4", "tracked")
     counters.rejected, counters.last_rejection = 2, "image encoding '16UC1' not supported"
     failed = _stats(reasoning_failed=1, last_error="RuntimeError: boom\ntraceback")
     warn = report(failed, recent, counters, 4, "tracking", "the mug", 10.2, previous=rep)
@@ -114,6 +133,90 @@ def test_diagnostics_report_values_and_levels():
     assert report(_stats(reasoning_failed=1), recent, counters, 4, "tracking", "q", 10.2, previous=warn).level == OK
     assert report(_stats(), [], NodeCounters(), 0, "paused", "", 0.0).message == "paused (no query)"
     assert report(_stats(), [], NodeCounters(), 0, "stopped", "q", 0.0).level == ERROR
+    refused = NodeCounters(queries_refused=1, query_error="query of 9000 characters: expected at most 2048")
+    rep = report(_stats(), [], refused, 0, "tracking", "the mug", 0.0)
+    assert rep.level == ERROR and rep.values["queries_refused"] == "1"
+    assert rep.message == "query refused (query of 9000 characters: expected at most 2048); still using 'the mug'"
+    assert report(_stats(), [], NodeCounters(), 0, "tracking", "q" * 5000, 0.0).values["query"] == \
+        "q" * 200 + "... (5000 chars)" == short("q" * 5000)
+
+
+def test_mask_info_values_from_frame_metadata():
+    frame = Frame(12, 101.5, np.zeros((4, 5, 3), np.uint8), "00012")
+    mask = np.zeros((4, 5), np.uint8)
+    mask[1:3, 1:3] = 1
+    result = FrameResult(frame, mask, 0.87654, "tracked", 9, "the mug", arrival=5.0, ready=5.0125, track_s=0.004,
+                         anchor_latency={"llm": 0.5, "reasoning": 0.75})
+    assert mask_info(result.metadata(), query_id=3, anchor_age_s=0.25) == {
+        "frame_index": "12", "mask_source": "tracked", "anchor_index": "9", "anchor_age_frames": "3",
+        "anchor_age_s": "0.250", "confidence": "0.8765", "mask_fraction": "0.20000", "query": "the mug",
+        "query_id": "3", "staleness_ms": "12.5", "track_ms": "4.0", "anchor_latency_llm_ms": "500.0",
+        "anchor_latency_reasoning_ms": "750.0"}
+    none = FrameResult(frame, mask * 0, 0.0, "none", None, "the mug", 5.0, 5.0, 0.0)
+    v = mask_info(none.metadata(), query_id=1, anchor_age_s=None)
+    assert (v["anchor_index"], v["anchor_age_frames"], v["anchor_age_s"], v["mask_source"]) == ("", "", "", "none")
+    assert not any(k.startswith("anchor_latency") for k in v)
+
+
+def test_box_geometry_and_intrinsics_scaling():
+    assert box_corners((0, 0, 0, 0)) == []
+    corners = box_corners((2, 3, 4, 5))
+    assert corners == [(2, 3), (6, 3), (6, 8), (2, 8)]
+    k = [100.0, 0, 50, 0, 80, 40, 0, 0, 1]
+    p = [100.0, 0, 50, -10, 0, 80, 40, 0, 0, 0, 1, 0]
+    k2, p2 = scale_intrinsics(k, p, 0.5, 0.25)
+    assert k2 == [50.0, 0, 25, 0, 20, 10, 0, 0, 1] and p2 == [50.0, 0, 25, -5, 0, 20, 10, 0, 0, 0, 1, 0]
+    assert pixel_rays([(50, 40), (150, 0)], k) == [(0.0, 0.0, 1.0), (1.0, -0.5, 1.0)]
+
+
+def _grey_yuv(values: np.ndarray, order: str) -> bytes:
+    """A grey image (rows of ``values``) as UYVY or YUYV bytes: U = V = 128, limited-range Y."""
+    y = np.round(16 + values.astype(float) * 219 / 255).astype(np.uint8)
+    out = np.full(y.shape[:1] + (y.shape[1] * 2,), 128, np.uint8)
+    first_y = 1 if order == "uyvy" else 0
+    out[:, first_y::2] = y
+    return out.tobytes()
+
+
+def test_decode_raw_camera_encodings():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    alpha = np.full((4, 6, 1), 7, np.uint8)
+    assert np.array_equal(decode_raw("rgba8", 4, 6, 24, np.concatenate([rgb, alpha], 2).tobytes()), rgb)
+    assert np.array_equal(decode_raw("bgra8", 4, 6, 24, np.concatenate([rgb[..., ::-1], alpha], 2).tobytes()), rgb)
+    wide = rgb.astype(np.uint16) * 257 + 3  # 16-bit values whose two bytes differ
+    for big_endian, dtype in ((False, "<u2"), (True, ">u2")):
+        data = wide.astype(dtype).tobytes()
+        assert np.array_equal(decode_raw("rgb16", 4, 6, 36, data, big_endian=big_endian), rgb)
+        assert np.array_equal(decode_raw("bgr16", 4, 6, 36, wide[..., ::-1].astype(dtype).tobytes(), big_endian), rgb)
+        assert np.array_equal(decode_raw("mono16", 4, 6, 12, wide[..., 0].astype(dtype).tobytes(), big_endian),
+                              np.repeat(rgb[..., :1], 3, 2))
+    swapped = decode_raw("rgb16", 4, 6, 36, wide.astype(">u2").tobytes(), big_endian=False)
+    assert not np.array_equal(swapped, rgb)  # the byte order matters
+    grey = np.tile(np.array([[30, 30, 128, 128, 220, 220]], np.uint8), (4, 1))
+    for encoding, order in (("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")):
+        out = decode_raw(encoding, 4, 6, 12, _grey_yuv(grey, order))
+        assert np.abs(out.astype(int) - grey[..., None]).max() <= 1, encoding
+    colour = np.array([200, 100, 30], np.uint8)
+    flat = np.tile(colour, (6, 8, 1))
+    for pattern in ("rggb", "bggr", "gbrg", "grbg"):
+        mosaic = np.empty((6, 8), np.uint8)
+        for n, c in enumerate(pattern):
+            mosaic[n // 2::2, n % 2::2] = flat[n // 2::2, n % 2::2, "rgb".index(c)]
+        out = decode_raw(f"bayer_{pattern}8", 6, 8, 8, mosaic.tobytes())
+        assert np.array_equal(out[2:4, 2:6], np.tile(colour, (2, 4, 1))), pattern  # interior: exact
+    assert len(RAW_ENCODINGS) == 16
+
+
+@pytest.mark.parametrize("encoding, height, width, step, size, message", [
+    ("32FC1", 2, 2, 8, 16, "image encoding '32FC1' not supported; expected one of"),
+    ("yuv422", 2, 3, 6, 12, "image width 3 is odd: yuv422 .YUV 4:2:2. needs an even width"),
+    ("rgb16", 2, 2, 6, 12, r"image step 6 < width\*bytes per pixel = 12 for rgb16"),
+    ("mono16", 2, 2, 4, 6, r"image data has 6 bytes; expected step\*height = 4\*2 = 8"),
+])
+def test_decode_raw_rejects_with_a_reason(encoding, height, width, step, size, message):
+    with pytest.raises(InputError, match=message):
+        decode_raw(encoding, height, width, step, bytes(size))
 
 
 def test_streaming_runtime_exposes_reasoning_busy():
@@ -145,6 +248,20 @@ def test_parameter_args_pass_only_the_given_parameters():
         ["-p", "checkpoint:=/m/visa", "-p", "query:=the red mug"]
 
 
+def test_node_command_of_the_launch_file():
+    assert node_command({"checkpoint": "/m/visa", "every_frames": ""}) == \
+        ["visa-edge", "ros", "--ros-args", "-r", "__node:=visa_edge", "-r", "image:=image", "--log-level", "info",
+         "-p", "checkpoint:=/m/visa"]
+    cmd = node_command({"query": "the mug"}, node_name="seg", namespace="/robot", image="/cam/image_raw",
+                       params_file="p.yaml", log_level="debug", managed=True)
+    assert cmd == ["visa-edge", "ros", "--managed", "--ros-args", "-r", "__node:=seg", "-r", "image:=/cam/image_raw",
+                   "--log-level", "debug", "-r", "__ns:=/robot", "--params-file", "p.yaml", "-p", "query:=the mug"]
+    from visa_edge.runtime.cli import build_parser
+
+    args = build_parser().parse_args(cmd[1:])
+    assert args.managed and args.ros_args == cmd[4:]
+
+
 def test_readme_documents_every_parameter():
     readme = (Path(__file__).resolve().parents[1] / "ros_node" / "README.md").read_text()
     assert [p.name for p in PARAMETERS if f"| `{p.name}` |" not in readme] == []
@@ -158,4 +275,4 @@ def test_launch_file_is_package_data_and_compiles():
         code = (f"import runpy; ld = runpy.run_path({str(launch)!r})['generate_launch_description']()\n"
                 "print(sorted(a.name for a in ld.entities if hasattr(a, 'default_value')))")
         names = _python(code).stdout
-        assert "'checkpoint'" in names and "'params_file'" in names
+        assert "'checkpoint'" in names and "'params_file'" in names and "'managed'" in names

@@ -98,9 +98,9 @@ def test_rosbag_images_and_compressed_images(tmp_path, storage):
 def test_decode_raw_rejects_bad_messages():
     img = synthetic.frame(1, 4, 5)
     ok = _raw(img, "rgb8")
-    with pytest.raises(InputError, match="encoding 'rgb16' not supported"):
-        decode_raw("rgb16", 4, 5, 15, ok["data"])
-    with pytest.raises(InputError, match="step 10 < width\\*channels = 15"):
+    with pytest.raises(InputError, match="encoding '32FC1' not supported"):
+        decode_raw("32FC1", 4, 5, 15, ok["data"])
+    with pytest.raises(InputError, match="step 10 < width\\*bytes per pixel = 15"):
         decode_raw("rgb8", 4, 5, 10, ok["data"])
     with pytest.raises(InputError, match="59 bytes; expected step\\*height = 15\\*4 = 60"):
         decode_raw("rgb8", 4, 5, 15, ok["data"][:-1])

@@ -194,7 +194,8 @@ class RosbagSource(FrameSource):
                     if conn.msgtype.endswith("CompressedImage"):
                         image = decode_compressed(msg.format, msg.data)
                     else:
-                        image = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+                        image = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                           big_endian=bool(msg.is_bigendian))
                     check_frame_size(image, "image")
                 except InputError as e:
                     raise InputError(f"{where}: {e}") from e
