@@ -722,3 +722,21 @@ def test_cli_debug_shows_the_traceback(capsys, tmp_path):
 
 def test_error_types_share_the_cli_base():
     assert issubclass(CheckpointError, VisaEdgeError) and issubclass(InputError, VisaEdgeError)
+
+
+def test_cli_run_whose_every_reasoning_step_failed_exits_non_zero(capsys, tmp_path, tiny_checkpoint, frames_dir, monkeypatch):
+    from visa_edge.runtime.streaming.reasoner import VisaReasoner
+
+    def fail(self, frames, queries):
+        raise RuntimeError("injected reasoning failure")
+
+    monkeypatch.setattr(VisaReasoner, "__call__", fail)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, ["run", *_model(tiny_checkpoint), "--source", frames_dir, "--query", "q", "--out", out,
+                                 "--no-overlay", "--window", "2", "--references", "1", "--every-frames", "1", "--blocking"])
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("visa-edge run:")]
+    assert len(lines) == 1 and "reasoning steps failed" in lines[0] and "injected reasoning failure" in lines[0]
+    assert "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 3 and summary["stats"]["reasoning_completed"] == 0 and summary["stats"]["reasoning_failed"] >= 1
