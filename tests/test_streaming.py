@@ -260,3 +260,26 @@ def test_streaming_with_the_tiny_visa_checkpoint(tiny_checkpoint):
     assert out[0].mask.shape == (240, 320) and out[0].mask.any()
     # frame 0 alone, then frames 2, 4, 6, 8 (references of the window 1..8): each encoded once
     assert reasoner.encoded == 5
+
+
+def test_the_cli_has_one_option_per_stream_parameter():
+    import argparse
+    from dataclasses import fields
+
+    from visa_edge.runtime.commands.stream_args import add_stream_args, option_name
+    from visa_edge.runtime.streaming.scheduler import stream_config_from, stream_parameters
+
+    parser = argparse.ArgumentParser()
+    add_stream_args(parser)
+    options = {o for a in parser._actions for o in a.option_strings}
+    assert {option_name(f.name) for f in fields(StreamConfig)} <= options
+    assert [p.name for p in stream_parameters()] == [f.name for f in fields(StreamConfig)]
+    assert all(p.help for p in stream_parameters())
+    defaults = vars(parser.parse_args([]))
+    assert stream_config_from(defaults) == StreamConfig()
+    args = vars(parser.parse_args(["--every-frames", "0", "--every-seconds", "2.5", "--blocking", "--window", "8",
+                                   "--references", "4", "--max-delay-periods", "1.5", "--step-timeout-s", "0"]))
+    assert stream_config_from(args) == StreamConfig(every_frames=None, every_seconds=2.5, blocking=True, window=8,
+                                                    references=4, max_delay_periods=1.5, step_timeout_s=0.0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--window", "0"])  # the field's bounds reach the CLI

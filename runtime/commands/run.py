@@ -27,8 +27,9 @@ def register(sub) -> None:
                    help="image folder, video file, rosbag2 (.mcap/.db3/folder) or camera:N")
     g.add_argument("--topic", help="image topic of a rosbag with several")
     g.add_argument("--rate", type=float_arg(0, open_lo=True), default=None,
-                   help="play recorded sources at this camera rate in fps (default: as fast as possible; "
-                   "live sources always run in real time)")
+                   help="play recorded sources at this camera rate in fps, as a live camera: frames the runtime "
+                   "cannot publish within --max-delay-periods are dropped (default: as fast as possible, none "
+                   "dropped; live sources always run in real time)")
     g.add_argument("--query", required=True, help="referring or reasoning expression")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder")
     g.add_argument("--no-masks", action="store_true", help="do not write mask PNGs")
@@ -47,12 +48,15 @@ def run(args: argparse.Namespace) -> int:
         source = Paced(source, args.rate)
     runtime = build_runtime(pipeline_config(args), query=args.query)
     return stream_to_folder(runtime, source, out, masks=not args.no_masks, video=not args.no_overlay,
-                            fps=args.rate or getattr(source, "fps", 30.0))
+                            fps=args.rate or getattr(source, "fps", 30.0), live=bool(args.rate) or source.live)
 
 
 def stream_to_folder(runtime, source, out: Path, masks: bool = True, video: bool = True, fps: float = 30.0,
-                     extra_summary: dict | None = None) -> int:
+                     extra_summary: dict | None = None, live: bool | None = None) -> int:
     """Run ``runtime`` over ``source`` with the standard sinks and a live progress line; writes summary.json.
+
+    ``live``: late frames may be dropped (default: the source's ``live``); a dropped frame keeps
+    its line in frames.jsonl (mask_source "dropped") and its PNG (the last published mask).
 
     A run in which every reasoning step failed raises VisaEdgeError (after writing the summary):
     its masks come from no reasoning at all.
@@ -76,11 +80,11 @@ def stream_to_folder(runtime, source, out: Path, masks: bool = True, video: bool
         last = stats.reasoning_s[-1] if stats.reasoning_s else None
         bar.set_postfix(fps=f"{result.frame.index / max(time.monotonic() - start, 1e-9):.1f}",
                         reason_s="-" if last is None else f"{last:.2f}", anchor_age=result.anchor_age,
-                        dropped=stats.dropped, refresh=False)
+                        dropped=stats.dropped + stats.dropped_late, refresh=False)
         bar.update(1)
 
     try:
-        stats = runtime.run(source, sinks, on_result=progress)
+        stats = runtime.run(source, sinks, on_result=progress, live=live)
     finally:
         runtime.close()
         source.close()
@@ -92,8 +96,8 @@ def stream_to_folder(runtime, source, out: Path, masks: bool = True, video: bool
                "staleness_ms_p50": 1000 * _pct(staleness, 50), "staleness_ms_p99": 1000 * _pct(staleness, 99),
                "stats": stats.snapshot(), **(extra_summary or {})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"{stats.frames} frames in {wall:.1f} s ({summary['output_fps']:.1f} fps); reasoning steps "
-          f"{stats.reasoning_completed} done / {stats.reasoning_failed} failed; wrote {out}")
+    print(f"{stats.frames} frames in {wall:.1f} s ({summary['output_fps']:.1f} fps, {stats.dropped_late} dropped late); "
+          f"reasoning steps {stats.reasoning_completed} done / {stats.reasoning_failed} failed; wrote {out}")
     if stats.last_error:
         print(f"last reasoning error: {stats.last_error.splitlines()[0]}")
     if stats.reasoning_failed and not stats.reasoning_completed:

@@ -1,0 +1,217 @@
+"""Latency compensation: catch-up reuses the live tracker's cached features, equals stepping every frame,
+never makes the live path wait, swaps without going back in time; live sources drop late frames."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+
+from visa_edge.runtime.streaming import Frame, ReasonOutput, StreamConfig, StreamingRuntime
+from visa_edge.runtime.streaming.sources import FrameListSource, Paced
+from visa_edge.runtime.tracking import Tracker, TrackOutput
+from visa_edge.runtime.tracking.cache import FeatureCache
+
+H, W = 8, 64
+
+
+def frames(n: int, fps: float = 30.0) -> list[Frame]:
+    return [Frame(i, i / fps, np.full((H, W, 3), i % 256, np.uint8), f"{i:05d}") for i in range(n)]
+
+
+def anchor_mask(index: int) -> np.ndarray:
+    """The reasoner's mask for frame ``index``: one column, at a position that encodes the frame."""
+    m = np.zeros((H, W), np.uint8)
+    m[:, (7 * index) % W] = 1
+    return m
+
+
+def expected(anchor: int, index: int) -> np.ndarray:
+    """What a tracker anchored at ``anchor`` and stepped through every frame up to ``index`` publishes."""
+    return np.roll(anchor_mask(anchor), index - anchor, axis=1)
+
+
+class ShiftTracker(Tracker):
+    """Moves the mask one column right per step; its per-frame feature comes from the shared cache.
+
+    Raises if a frame is skipped or repeated, so a catch-up that subsamples or a live path
+    that jumps cannot go unnoticed.
+    """
+
+    computed: Counter = Counter()
+    consecutive = True  # frames must come one by one (False: a live source may drop some)
+
+    def __init__(self, cache: FeatureCache):
+        self.cache, self.mask, self.last = cache, None, None
+
+    def reset(self):
+        self.mask = self.last = None
+
+    def step(self, frame, mask=None, *, objects=None, index=None):
+        feature = self.cache.get_or_compute(index, "mean", lambda: self._compute(index, frame))
+        assert feature == float(index % 256)
+        if mask is not None:
+            self.mask = mask.copy()
+        else:
+            assert index == self.last + 1 or not self.consecutive and index > self.last, f"frame {index} after {self.last}"
+            self.mask = np.roll(self.mask, 1, axis=1)
+        self.last = index
+        return TrackOutput(self.mask.astype(np.float32), 0.9)
+
+    def _compute(self, index, frame):
+        ShiftTracker.computed[index] += 1
+        return float(frame.mean())
+
+
+def factory_with_cache(cls=ShiftTracker, **kw):
+    cache = FeatureCache(512)
+    cls.computed = Counter()
+
+    def factory():
+        return cls(cache, **kw)
+
+    factory.cache = cache
+    return factory
+
+
+class Oracle:
+    """Sleeps ``delay`` s and returns the mask of the frame asked about."""
+
+    def __init__(self, delay: float):
+        self.delay, self.calls = delay, []
+
+    def __call__(self, frames, query):
+        self.calls.append(frames[-1].index)
+        time.sleep(self.delay)
+        return ReasonOutput(anchor_mask(frames[-1].index))
+
+
+def paced_run(rt: StreamingRuntime, n: int, fps: float, live: bool = False) -> list:
+    out = []
+    rt.run(Paced(FrameListSource(frames(n, fps)), fps), on_result=out.append, live=live)
+    rt.close(timeout=5.0)
+    return out
+
+
+def test_catchup_reuses_cached_features_and_equals_stepping_every_frame():
+    factory = factory_with_cache()
+    rt = StreamingRuntime(Oracle(0.15), factory, StreamConfig(every_frames=10), query="q")
+    out = paced_run(rt, 90, fps=60.0)
+    assert rt.stats.reasoning_failed == 0, rt.stats.last_error  # no skipped or repeated frame anywhere
+    assert rt.stats.catchup_forced == 0 and rt.stats.reasoning_completed >= 3
+    # every frame's feature was computed once; every other use (catch-up steps, anchors) was a cache hit
+    assert max(ShiftTracker.computed.values()) == 1 and factory.cache.misses == len(ShiftTracker.computed)
+    assert factory.cache.hits >= rt.stats.catchup_frames - 15  # bar the frames before the first anchor
+    tracked = [r for r in out if r.anchor_index is not None]
+    assert tracked and all(np.array_equal(r.mask, expected(r.anchor_index, r.frame.index)) for r in tracked)
+    anchors = [r.anchor_index for r in tracked]
+    assert anchors == sorted(anchors) and len(set(anchors)) >= 3  # anchors never go back in time
+    assert len(rt.buffer) <= rt.config.buffer_frames
+
+
+def test_cadence_waits_for_the_running_step_and_catchup():
+    reasoner = Oracle(0.2)
+    rt = StreamingRuntime(reasoner, factory_with_cache(), StreamConfig(every_frames=3), query="q")
+    paced_run(rt, 60, fps=60.0)
+    assert rt.stats.reasoning_coalesced == 0 and rt.stats.results_discarded == 0
+    # each request targets the first frame after the previous step ended: ~12 frames apart, not 3
+    gaps = np.diff(reasoner.calls)
+    assert len(reasoner.calls) >= 2 and min(gaps) >= 6, reasoner.calls
+
+
+def test_a_new_query_is_requested_while_a_step_runs():
+    reasoner = Oracle(0.2)
+    rt = StreamingRuntime(reasoner, factory_with_cache(), StreamConfig(every_frames=1000), query="q")
+    out = []
+    for f in frames(40, fps=60.0):
+        if f.index == 5:
+            rt.set_query("another")
+        out.append(rt.process(f))
+        time.sleep(1 / 60)
+    rt.close(timeout=5.0)
+    assert reasoner.calls[:2] == [0, 5]  # the new query did not wait for the step of frame 0
+    assert rt.stats.results_discarded == 1  # the old query's result
+    assert all(r.anchor_index in (None, 5) for r in out)
+
+
+class GatedTracker(ShiftTracker):
+    """A catch-up step (on the reasoning worker) blocks until the test opens the gate."""
+
+    entered = threading.Event()
+    gate = threading.Event()
+
+    def step(self, frame, mask=None, *, objects=None, index=None):
+        if mask is None and threading.current_thread().name.startswith("reasoning"):
+            GatedTracker.entered.set()
+            GatedTracker.gate.wait(10)
+        return super().step(frame, mask, objects=objects, index=index)
+
+
+def test_the_live_path_never_waits_for_a_catchup():
+    GatedTracker.entered.clear()
+    GatedTracker.gate.clear()
+    factory = factory_with_cache(GatedTracker)
+    rt = StreamingRuntime(Oracle(0.05), factory, StreamConfig(every_frames=1000), query="q")
+    source = iter(frames(250))
+    GatedTracker.gate.set()  # the first anchor goes through
+    out = [rt.process(next(source))]
+    while out[-1].anchor_index is None:
+        out.append(rt.process(next(source)))
+        time.sleep(0.005)
+    GatedTracker.gate.clear()
+    GatedTracker.entered.clear()
+    rt.request_reasoning()
+    out.append(rt.process(next(source)))  # the second request: its result comes 0.05 s later
+    while not GatedTracker.entered.wait(0.01):  # then its catch-up blocks inside a tracker step
+        out.append(rt.process(next(source)))
+    t0 = time.monotonic()
+    for _ in range(30):
+        out.append(rt.process(next(source)))  # the live tracker runs on meanwhile
+    live_s = time.monotonic() - t0
+    assert not GatedTracker.gate.is_set() and live_s < 5.0
+    first = out[-1].anchor_index
+    GatedTracker.gate.set()
+    while out[-1].anchor_index == first:
+        out.append(rt.process(next(source)))
+        time.sleep(0.005)
+    rt.close(timeout=5.0)
+    assert rt.stats.reasoning_failed == 0, rt.stats.last_error
+    assert all(np.array_equal(r.mask, expected(r.anchor_index, r.frame.index)) for r in out if r.anchor_index is not None)
+
+
+class SlowTracker(ShiftTracker):
+    """Each step costs 1.5 camera periods at 10 fps."""
+
+    def step(self, frame, mask=None, *, objects=None, index=None):
+        if mask is None:
+            time.sleep(0.15)
+        return super().step(frame, mask, objects=objects, index=index)
+
+
+class DroppingSlowTracker(SlowTracker):
+    consecutive = False
+
+
+def test_a_live_source_drops_late_frames_instead_of_lagging():
+    fps, n = 10.0, 30
+    rt = StreamingRuntime(Oracle(0.0), factory_with_cache(DroppingSlowTracker), StreamConfig(every_frames=1000), query="q")
+    out = paced_run(rt, n, fps, live=True)
+    dropped = [r for r in out if r.dropped]
+    assert [r.frame.index for r in out] == list(range(n))  # a result (and a frames.jsonl line) for every frame
+    assert len(dropped) == rt.stats.dropped_late >= 5
+    assert all(r.mask_source == "dropped" and r.track_s == 0.0 for r in dropped)
+    assert all(rt.buffer.get(r.frame.index) is None for r in dropped)  # never tracked nor buffered
+    tracked = [r for r in out if not r.dropped and r.frame.index > 2]
+    # camera period 0.1 s, tracker 0.15 s: a tracked frame is ready within 2 periods of capture (+ scheduling slack)
+    assert max(r.delay_s for r in tracked) < 0.2 + 0.15, [round(r.delay_s, 3) for r in tracked]
+    assert all(r.metadata()["mask_source"] == "dropped" for r in dropped)
+
+
+def test_a_recorded_source_is_never_dropped():
+    rt = StreamingRuntime(Oracle(0.0), factory_with_cache(SlowTracker), StreamConfig(every_frames=1000, blocking=True),
+                          query="q")
+    out = paced_run(rt, 10, 30.0, live=False)
+    assert rt.stats.dropped_late == 0 and all(r.delay_s is None for r in out)
+    assert all(np.array_equal(r.mask, expected(0, r.frame.index)) for r in out)
