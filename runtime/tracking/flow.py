@@ -1,29 +1,25 @@
-"""A weight-free mask tracker: consecutive-frame optical flow + bilateral-grid label voting.
+"""A weight-free mask tracker: optical flow from a small frame memory + bilateral-grid label voting.
 
 Runs on a CPU without checkpoints (the demo's tracker, and the fallback when no XMem weights
 are given). Tracks one or several objects (a label image). For each new frame:
 
-1. **One flow per frame.** Dense DIS optical flow from the new frame back to the previously
-   stepped one, checked forward-backward (a pixel whose backward flow is not undone by the
-   forward flow, Sundaram et al. ECCV 2010, is occluded or mismatched and does not vote). This
-   per-frame work (resize, grey, Lab, the flow pair) does not depend on the reference, so it
-   goes through the factory's shared :class:`~visa_edge.runtime.tracking.cache.FeatureCache`
-   keyed by the frame's stream index: a catch-up tracker re-stepping buffered frames reuses it.
-2. **Memory by composition.** The memory holds the reference frame (the first mask or the last
-   ``anchor``), the previous frame and up to ``memory_size`` frames kept every ``memory_every``
-   frames. Each memory frame keeps a map from the current frame back into it, extended by the
-   new flow at every step (a remap of the map, far cheaper than a flow to each memory frame);
-   it warps the memory frame's labels *and colours* onto the new frame.
-3. **Bilateral-grid voting** (the idea of bilateral space video segmentation, Maerki et al.,
+1. **Flow from every memory frame.** The memory holds the reference frame (the first mask or
+   the last ``anchor``), the previous frame and up to ``memory_size`` frames kept every
+   ``memory_every`` frames. Dense DIS optical flow from the new frame back to each of them
+   warps the memory frame's labels *and its colours* onto the new frame. The flow to the
+   previous frame (DIS medium: it carries the boundaries from frame to frame) does not depend
+   on the reference, nor does the frame's preparation (resize, grey, Lab): both go through the
+   factory's shared :class:`~visa_edge.runtime.tracking.cache.FeatureCache` keyed by stream
+   index, so a catch-up tracker re-stepping buffered frames reuses them. The flows to the
+   reference and the memory frames (DIS ultrafast: they only need to land the labels near
+   the right colours) depend on the anchor and are computed by each tracker.
+2. **Bilateral-grid voting** (the idea of bilateral space video segmentation, Maerki et al.,
    CVPR 2016). Each warped pixel votes for its label in a coarse grid over (y, x, L, a, b),
-   keyed by the colour it *had* in its memory frame; one vote channel per object. The grid is
-   blurred and read at every new pixel's own position and colour: a pixel takes the labels
-   that pixels of its colour nearby carried. Where the flow is wrong, the warped colour does
-   not match the new colour, so the wrong label lands in another colour cell and hardly votes.
-4. **Recovery on fast motion.** The reference also votes with its colours at its own positions
-   moved by the object's predicted displacement (constant velocity of the mask centre), so an
-   object that the flow lost (large motion, blur) is found again by its colour model in the
-   predicted window; the grid covers that window too.
+   keyed by the colour it *had* in its memory frame; one vote channel per object plus the
+   count of all votes. The grid is blurred and read at every new pixel's own position and
+   colour: a pixel takes the labels that pixels of its colour nearby carried. Where the flow is
+   wrong, the warped colour does not match the new colour, so the wrong label lands in another
+   colour cell and hardly votes; boundaries snap to colour edges.
 
 An object's plane is its share of the votes; the frame's labels are the argmax over
 [background, objects]; the previous frame's labels are kept hard so repeated warping does not
@@ -69,9 +65,8 @@ class FlowTrackerConfig:
     roi_margin: float = 0.3  # the grid covers the candidate box grown by this fraction (+ one cell)
     vote_stride: int = 2  # memory pixels vote on this sub-grid (speed; a cell still gets many votes)
     max_cells: int = 1_000_000  # compute budget: larger spatial cells where a big, colourful region needs more
-    flow_preset: int = cv2.DISOpticalFlow_PRESET_MEDIUM
-    fb_check: bool = True  # forward-backward consistency: inconsistent flow does not vote
-    colour_weight: float = 0.5  # weight of the reference's colour-model votes at the predicted position (0: off)
+    flow_preset: int = cv2.DISOpticalFlow_PRESET_MEDIUM  # frame -> previous frame (cached, shared)
+    memory_flow_preset: int = cv2.DISOpticalFlow_PRESET_ULTRAFAST  # frame -> reference and memory frames
 
 
 @dataclass
@@ -83,21 +78,12 @@ class _Features:
 
 
 @dataclass
-class _Flow:
-    """Backward flow of a frame to the previously stepped frame, as a sampling map."""
-
-    map: np.ndarray  # float32 [h,w,2]: (x, y) in the previous frame of each pixel
-    valid: np.ndarray  # float32 [h,w]: 1 where the flow is forward-backward consistent
-
-
-@dataclass
 class _Memory:
-    """A frame the tracker propagates from: its colours, hard labels and map from the current frame."""
+    """A frame the tracker propagates from: grey for flow, Lab for votes, hard label planes."""
 
+    grey: np.ndarray  # uint8 [h,w]
     lab: np.ndarray  # float32 [h,w,3]
     planes: np.ndarray  # float32 0/1 [h,w,K], one plane per object
-    map: np.ndarray | None = None  # float32 [h,w,2] from the current frame into this one (None: identity)
-    valid: np.ndarray | None = None  # float32 [h,w]: the map's reliability
 
 
 def _blur_axis(a: np.ndarray, axis: int, out: np.ndarray) -> None:
@@ -113,12 +99,10 @@ def _blur_axis(a: np.ndarray, axis: int, out: np.ndarray) -> None:
 
 @dataclass
 class _Voter:
-    """Pixels voting in the grid: their colours, label planes [h,w,K], weights and spatial offset."""
+    """Pixels voting in the grid: their colours and label planes [h,w,K]."""
 
     lab: np.ndarray
     planes: np.ndarray
-    weight: np.ndarray | None = None  # [h,w]; None: 1 everywhere
-    shift: tuple[int, int] = (0, 0)  # (dy, dx) added to the voters' positions, working px
 
 
 class _LabGrid:
@@ -137,46 +121,33 @@ class _LabGrid:
         self.lo = lo.astype(np.float32) - 0.5 * self.cell
         n_col = ((hi + 0.5 * self.cell - self.lo) / self.cell + 0.5).astype(int) + 1
         n_spatial = (h / cell_px + 1) * (w / cell_px + 1)
-        self.cell_px = cell_px * max(1.0, np.sqrt(n_spatial * int(np.prod(n_col)) / max_cells))
-        self.shape = (int(h / self.cell_px + 0.5) + 1, int(w / self.cell_px + 0.5) + 1, *n_col.tolist())
+        cell_px *= max(1.0, np.sqrt(n_spatial * int(np.prod(n_col)) / max_cells))
+        self.shape = (int(h / cell_px + 0.5) + 1, int(w / cell_px + 0.5) + 1, *n_col.tolist())
+        iy = (np.arange(h) / cell_px + 0.5).astype(np.int32)
+        ix = (np.arange(w) / cell_px + 0.5).astype(np.int32)
+        self.spatial = iy[:, None] * self.shape[1] + ix[None, :]
         self.hw = (h, w)
         self.size = int(np.prod(self.shape))
-        self.query = self.index(lab, *self._spatial(np.arange(h), np.arange(w)))
+        self.query = self.index(lab, self.spatial)
 
-    def _spatial(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Spatial cell indices [len(ys), len(xs)] of region rows/columns (outside: -1 = no cell) and the in-grid mask."""
-        iy = np.floor(ys / self.cell_px + 0.5).astype(np.int32)
-        ix = np.floor(xs / self.cell_px + 0.5).astype(np.int32)
-        inside = ((iy >= 0) & (iy < self.shape[0]))[:, None] & ((ix >= 0) & (ix < self.shape[1]))[None, :]
-        return iy[:, None] * self.shape[1] + ix[None, :], inside
-
-    def index(self, lab: np.ndarray, spatial: np.ndarray, inside: np.ndarray) -> np.ndarray:
-        """Flat cell index of Lab pixels at the given spatial cells (colours clipped; -1 outside the grid)."""
+    def index(self, lab: np.ndarray, spatial: np.ndarray) -> np.ndarray:
+        """Flat cell index of Lab pixels at the given spatial cells (colours clipped to the grid)."""
         q = ((lab.reshape(-1, 3) - self.lo) / self.cell + 0.5).astype(np.int32)
         for c in range(3):
             np.clip(q[:, c], 0, self.shape[2 + c] - 1, out=q[:, c])
-        idx = ((spatial.ravel() * self.shape[2] + q[:, 0]) * self.shape[3] + q[:, 1]) * self.shape[4] + q[:, 2]
-        return np.where(inside.ravel(), idx, -1)
+        return ((spatial.ravel() * self.shape[2] + q[:, 0]) * self.shape[3] + q[:, 1]) * self.shape[4] + q[:, 2]
 
     def vote(self, voters: list[_Voter], stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Splat voters taken every ``stride`` pixels, blur, and read at the region's own pixels:
         (per-object votes [h,w,K], all votes [h,w])."""
         k = voters[0].planes.shape[2]
-        ys, xs = np.arange(0, self.hw[0], stride), np.arange(0, self.hw[1], stride)
-        idx, weights, labels = [], [], []
-        for v in voters:
-            spatial, inside = self._spatial(ys + v.shift[0], xs + v.shift[1])
-            cells = self.index(v.lab[::stride, ::stride], spatial, inside)
-            keep = cells >= 0
-            w = np.ones(cells.shape, np.float32) if v.weight is None else v.weight[::stride, ::stride].ravel()
-            idx.append(cells[keep])
-            weights.append(w[keep])
-            labels.append(v.planes[::stride, ::stride].reshape(-1, k)[keep])
-        idx, weights, labels = np.concatenate(idx), np.concatenate(weights), np.concatenate(labels)
+        spatial = self.spatial[::stride, ::stride]
+        idx = np.concatenate([self.index(v.lab[::stride, ::stride], spatial) for v in voters])
+        labels = np.concatenate([v.planes[::stride, ::stride].reshape(-1, k) for v in voters])
         g = np.empty((*self.shape, k + 1), np.float32)
         for c in range(k):
-            g[..., c] = np.bincount(idx, labels[:, c] * weights, self.size).reshape(self.shape)
-        g[..., k] = np.bincount(idx, weights, self.size).reshape(self.shape)
+            g[..., c] = np.bincount(idx, labels[:, c], self.size).reshape(self.shape)
+        g[..., k] = np.bincount(idx, None, self.size).reshape(self.shape)
         spare = np.empty_like(g)
         for axis in range(5):
             _blur_axis(g, axis, spare)
@@ -194,37 +165,26 @@ def _box(mask: np.ndarray, margin: float, pad: int) -> tuple[slice, slice]:
     return slice(max(y0 - dy, 0), min(y1 + dy, h)), slice(max(x0 - dx, 0), min(x1 + dx, w))
 
 
-def _centre(mask: np.ndarray) -> np.ndarray | None:
-    """(y, x) centre of a mask's pixels, None when empty."""
-    ys, xs = np.nonzero(mask)
-    return None if ys.size == 0 else np.array([ys.mean(), xs.mean()])
-
-
-def _grid_map(h: int, w: int) -> np.ndarray:
-    """The identity sampling map [h,w,2] (x, y)."""
-    m = np.empty((h, w, 2), np.float32)
-    m[..., 0] = np.arange(w, dtype=np.float32)
-    m[..., 1] = np.arange(h, dtype=np.float32)[:, None]
-    return m
-
-
-def _remap(image: np.ndarray, sample: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
-    """``image`` sampled at the (x, y) map ``sample`` (bilinear); keeps a trailing channel axis of 1."""
+def _remap(image: np.ndarray, flow: np.ndarray, border: int) -> np.ndarray:
+    """``image`` moved onto the frame by its backward ``flow`` (bilinear); keeps a trailing channel axis of 1."""
+    h, w = flow.shape[:2]
+    sample = flow + np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=2)
     out = cv2.remap(image, sample, None, cv2.INTER_LINEAR, borderMode=border, borderValue=0)
     return out[..., None] if image.ndim == 3 and out.ndim == 2 else out
 
 
 class FlowTracker(Tracker):
-    """Weight-free tracker: consecutive DIS optical flow composed over a frame memory + bilateral-grid voting.
+    """Weight-free tracker: DIS optical flow from a frame memory + bilateral-grid voting over object labels.
 
-    ``cache`` (shared by the trackers of one factory) holds each frame's preparation and flow
-    to the previously stepped frame, keyed by stream index.
+    ``cache`` (shared by the trackers of one factory) holds each frame's preparation and its
+    flow to the previously stepped frame, keyed by stream index.
     """
 
     def __init__(self, config: FlowTrackerConfig | None = None, cache: FeatureCache | None = None):
         self.config = config or FlowTrackerConfig()
         self.cache = cache
         self._dis = cv2.DISOpticalFlow_create(self.config.flow_preset)
+        self._dis_memory = cv2.DISOpticalFlow_create(self.config.memory_flow_preset)
         self.reset()
 
     def reset(self) -> None:
@@ -233,14 +193,10 @@ class FlowTracker(Tracker):
         self._objects: tuple[int, ...] = (1,)
         self._reference: _Memory | None = None
         self._previous: _Memory | None = None
-        self._previous_grey: np.ndarray | None = None
         self._previous_index: int | None = None
         self._memory: deque[_Memory] = deque(maxlen=max(self.config.memory_size, 1))
         self._since_reference = 0
         self._empty = False
-        self._centres: list[np.ndarray | None] = []  # per object: centre in the reference frame
-        self._velocity: np.ndarray | None = None  # [K,2] per-object centre motion per frame
-        self._last_centres: list[np.ndarray | None] = []
 
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None, *, objects: Sequence[int] | None = None,
              index: int | None = None) -> TrackOutput:
@@ -257,7 +213,7 @@ class FlowTracker(Tracker):
         if mask is not None:
             if mask.shape != self._size:
                 mask = cv2.resize(mask, self._size[::-1], interpolation=cv2.INTER_NEAREST)
-            probs, confidences = self._set_reference(frame, features, mask, mask_objects(mask, objects), index)
+            probs, confidences = self._set_reference(features, mask, mask_objects(mask, objects), index)
         else:
             probs, confidences = self._track(features, index)
         if probs.shape[1:] != out_size:
@@ -317,27 +273,12 @@ class FlowTracker(Tracker):
 
         return self._cached(index, ("features",), compute)
 
-    def _flow(self, grey: np.ndarray, index: int | None) -> _Flow:
-        """Backward flow to the previously stepped frame; cached only when both frames have an index."""
-        previous = self._previous_grey
-        key = None if index is None or self._previous_index is None else index
-        cfg = self.config
-        return self._cached(key, ("to", self._previous_index, cfg.flow_preset, cfg.fb_check),
-                            lambda: self._compute_flow(grey, previous))
-
-    def _compute_flow(self, grey: np.ndarray, previous: np.ndarray) -> _Flow:
-        h, w = grey.shape
-        identity = _grid_map(h, w)
-        back = self._dis.calc(grey, previous, None)
-        sample = identity + back
-        if not self.config.fb_check:
-            return _Flow(sample, np.ones((h, w), np.float32))
-        forward = self._dis.calc(previous, grey, None)
-        returned = cv2.remap(forward, sample, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        error = np.sum((back + returned) ** 2, axis=2)
-        scale = np.sum(back ** 2, axis=2) + np.sum(returned ** 2, axis=2)
-        valid = (error <= 0.01 * scale + 0.5).astype(np.float32)  # Sundaram et al.'s occlusion criterion
-        return _Flow(sample, valid)
+    def _previous_flow(self, grey: np.ndarray, index: int | None) -> np.ndarray:
+        """Backward flow [h,w,2] to the previously stepped frame; cached when both frames have an index."""
+        key = None if self._previous_index is None else index
+        previous = self._previous.grey
+        return self._cached(key, ("to", self._previous_index, self.config.flow_preset),
+                            lambda: self._dis.calc(grey, previous, None))
 
     # --- tracking -------------------------------------------------------------------------
 
@@ -350,117 +291,61 @@ class FlowTracker(Tracker):
             if not hard.any() and plane.any():  # an object smaller than a working pixel
                 hard[np.unravel_index(np.argmax(plane), plane.shape)] = 1.0
             planes.append(hard)
-        return np.stack(planes, axis=2) if planes else np.zeros((*self._work, 0), np.float32)
+        return np.stack(planes, axis=2)
 
-    def _set_reference(self, frame: np.ndarray, features: _Features, mask: np.ndarray, objects: tuple[int, ...],
+    def _set_reference(self, features: _Features, mask: np.ndarray, objects: tuple[int, ...],
                        index: int | None) -> tuple[np.ndarray, list[float]]:
-        kept = tuple(o for o in self._objects if o not in objects) if self._reference is not None and not self._empty else ()
+        kept = () if self._reference is None or self._empty else tuple(o for o in self._objects if o not in objects)
         if kept:  # objects absent from this reference keep their predicted planes
             tracked, _ = self._track(features, index)
             labels = np.asarray((0, *self._objects), np.uint8)[
                 np.concatenate([1.0 - tracked.sum(0, keepdims=True), tracked], 0).argmax(0)]
-            given = np.isin(mask, objects) if objects else np.zeros(mask.shape, bool)
+            given = np.isin(mask, objects)
             mask = np.where(given, mask, np.where(np.isin(labels, kept), labels, 0)).astype(np.uint8)
-        all_objects = (*objects, *kept) or (1,)
-        self._objects = all_objects
-        memory = _Memory(features.lab, self._planes(mask, all_objects))
+        self._objects = (*objects, *kept) or (1,)
+        memory = _Memory(features.grey, features.lab, self._planes(mask, self._objects))
         self._reference = self._previous = memory
-        self._previous_grey, self._previous_index = features.grey, index
+        self._previous_index = index
         self._memory.clear()
         self._since_reference = 0
         self._empty = not memory.planes.any()
-        self._centres = [_centre(memory.planes[..., k] > 0.5) for k in range(len(all_objects))]
-        self._last_centres = list(self._centres)
-        self._velocity = np.zeros((len(all_objects), 2))
-        probs = np.stack([(mask == o).astype(np.float32) for o in all_objects])
-        return probs, [0.0 if self._empty or not p.any() else 1.0 for p in probs]
+        probs = np.stack([(mask == o).astype(np.float32) for o in self._objects])
+        return probs, [1.0 if p.any() else 0.0 for p in probs]
+
+    def _track(self, features: _Features, index: int | None) -> tuple[np.ndarray, list[float]]:
+        k = len(self._objects)
+        h, w = features.grey.shape
+        if self._empty:
+            self._remember(index, _Memory(features.grey, features.lab, np.zeros((h, w, k), np.float32)))
+            return np.zeros((k, *self._size), np.float32), [0.0] * k
+        flows = [self._previous_flow(features.grey, index)]
+        flows += [self._dis_memory.calc(features.grey, m.grey, None) for m in self._sources()[1:]]
+        voters = [_Voter(_remap(m.lab, f, cv2.BORDER_REPLICATE), _remap(m.planes, f, cv2.BORDER_CONSTANT))
+                  for m, f in zip(self._sources(), flows)]
+        motion_only = voters[0].planes > 0.5  # the previous frame's labels moved by flow alone
+        candidates = np.any([v.planes > 0.5 for v in voters], axis=(0, 3))
+        probs = np.zeros((h, w, k), np.float32)
+        if candidates.any():
+            cfg = self.config
+            region = _box(candidates, cfg.roi_margin, int(np.ceil(cfg.cell_px)))
+            grid = _LabGrid(features.lab[region], cfg.cell_px, cfg.cell_lab, cfg.max_cells)
+            votes, total = grid.vote([_Voter(v.lab[region], v.planes[region]) for v in voters], cfg.vote_stride)
+            fallback = np.mean([v.planes[region] for v in voters], axis=0)
+            probs[region] = np.where(total[..., None] > 0, votes / np.maximum(total, 1e-12)[..., None], fallback)
+        labels = np.concatenate([1.0 - probs.sum(2, keepdims=True), probs], 2).argmax(2)
+        planes = np.stack([labels == o + 1 for o in range(k)], axis=2)
+        confidences = [self._confidence(probs[..., o], planes[..., o], motion_only[..., o]) for o in range(k)]
+        self._remember(index, _Memory(features.grey, features.lab, planes.astype(np.float32)))
+        full = np.stack([cv2.resize(probs[..., o], self._size[::-1], interpolation=cv2.INTER_LINEAR) for o in range(k)])
+        return full, confidences
 
     def _sources(self) -> list[_Memory]:
         """Previous frame first (the confidence compares with it), then the reference and the memory."""
         sources = [self._previous]
         if self._reference is not self._previous:
             sources.append(self._reference)
-        sources.extend(m for m in self._memory if m is not self._previous)
+        sources.extend(self._memory)
         return sources
-
-    def _advance(self, flow: _Flow) -> None:
-        """Extend every memory frame's map to the new frame by the new backward flow."""
-        for source in {id(s): s for s in [self._previous, self._reference, *self._memory]}.values():
-            if source.map is None:
-                source.map, source.valid = flow.map, flow.valid
-            else:
-                source.map = _remap(source.map, flow.map, cv2.BORDER_REPLICATE)
-                source.valid = _remap(source.valid, flow.map) * flow.valid
-
-    def _track(self, features: _Features, index: int | None) -> tuple[np.ndarray, list[float]]:
-        k = len(self._objects)
-        h, w = features.grey.shape
-        flow = self._flow(features.grey, index)
-        if self._empty:
-            self._remember(features, index, _Memory(features.lab, np.zeros((h, w, k), np.float32)))
-            return np.zeros((k, *self._size), np.float32), [0.0] * k
-        self._advance(flow)
-        voters = [_Voter(_remap(s.lab, s.map, cv2.BORDER_REPLICATE), _remap(s.planes, s.map), s.valid)
-                  for s in self._sources()]
-        motion_only = voters[0].planes > 0.5  # the previous frame's labels moved by flow alone
-        candidates = np.any([v.planes > 0.5 for v in voters], axis=(0, 3))
-        colour = self._colour_voters(candidates)
-        for v in colour:
-            candidates |= self._shifted(v)
-        probs = np.zeros((h, w, k), np.float32)
-        if candidates.any():
-            cfg = self.config
-            region = _box(candidates, cfg.roi_margin, int(np.ceil(cfg.cell_px)))
-            grid = _LabGrid(features.lab[region], cfg.cell_px, cfg.cell_lab, cfg.max_cells)
-            local = [_Voter(v.lab[region], v.planes[region], None if v.weight is None else v.weight[region], v.shift)
-                     for v in [*voters, *colour]]
-            votes, total = grid.vote(local, cfg.vote_stride)
-            fallback = np.mean([v.planes[region] for v in voters], axis=0)
-            probs[region] = np.where(total[..., None] > 0, votes / np.maximum(total, 1e-12)[..., None], fallback)
-        labels = np.concatenate([1.0 - probs.sum(2, keepdims=True), probs], 2).argmax(2)
-        planes = np.stack([labels == o + 1 for o in range(k)], axis=2)
-        confidences = [self._confidence(probs[..., o], planes[..., o], motion_only[..., o]) for o in range(k)]
-        self._update_motion(planes)
-        self._remember(features, index, _Memory(features.lab, planes.astype(np.float32)))
-        full = np.stack([cv2.resize(probs[..., o], self._size[::-1], interpolation=cv2.INTER_LINEAR) for o in range(k)])
-        return full, confidences
-
-    def _colour_voters(self, candidates: np.ndarray) -> list[_Voter]:
-        """The reference's pixels voting at their positions moved to each object's predicted centre."""
-        if self.config.colour_weight <= 0 or self._reference is self._previous:
-            return []
-        ref = self._reference
-        voters = []
-        for o, (start, last) in enumerate(zip(self._centres, self._last_centres)):
-            if start is None or last is None:
-                continue
-            dy, dx = np.round(last + self._velocity[o] - start).astype(int)
-            planes = np.zeros_like(ref.planes)
-            planes[..., o] = ref.planes[..., o]
-            weight = np.full(ref.planes.shape[:2], self.config.colour_weight, np.float32)
-            voters.append(_Voter(ref.lab, planes, weight, (int(dy), int(dx))))
-        return voters
-
-    @staticmethod
-    def _shifted(voter: _Voter) -> np.ndarray:
-        """Where a shifted voter's object pixels land in the frame."""
-        h, w = voter.planes.shape[:2]
-        obj = np.any(voter.planes > 0.5, axis=2)
-        out = np.zeros((h, w), bool)
-        dy, dx = voter.shift
-        src = obj[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-        out[max(dy, 0):max(dy, 0) + src.shape[0], max(dx, 0):max(dx, 0) + src.shape[1]] = src
-        return out
-
-    def _update_motion(self, planes: np.ndarray) -> None:
-        """Per-object centre and its motion per frame (the colour voters' prediction)."""
-        for o in range(planes.shape[2]):
-            centre = _centre(planes[..., o])
-            last = self._last_centres[o]
-            if centre is not None and last is not None:
-                self._velocity[o] = centre - last
-            if centre is not None:
-                self._last_centres[o] = centre
 
     @staticmethod
     def _confidence(prob: np.ndarray, mask: np.ndarray, motion_only: np.ndarray) -> float:
@@ -472,9 +357,9 @@ class FlowTracker(Tracker):
         decisiveness = float(np.mean(np.abs(2.0 * prob[union] - 1.0)))
         return agreement * decisiveness
 
-    def _remember(self, features: _Features, index: int | None, current: _Memory) -> None:
+    def _remember(self, index: int | None, current: _Memory) -> None:
         self._previous = current
-        self._previous_grey, self._previous_index = features.grey, index
+        self._previous_index = index
         self._since_reference += 1
         cfg = self.config
         if cfg.memory_size > 0 and cfg.memory_every > 0 and self._since_reference % cfg.memory_every == 0:
