@@ -75,6 +75,11 @@ class ClipVisionTower(nn.Module):
     def __init__(self, clip_model: nn.Module, select_layer: int = -2):
         super().__init__()
         n_layers = len(clip_model.encoder.layers)
+        if not -(n_layers + 1) <= select_layer <= n_layers:
+            raise CheckpointError(
+                f"mm_vision_select_layer={select_layer}: the CLIP tower has {n_layers} layers; "
+                f"expected a hidden-state index in [{-(n_layers + 1)}, {n_layers}]"
+            )
         keep = select_layer % (n_layers + 1)
         if keep == 0:
             raise CheckpointError(f"mm_vision_select_layer={select_layer} selects the embeddings; expected an encoder layer")

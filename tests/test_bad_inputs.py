@@ -206,6 +206,12 @@ def test_clip_corrupt_weights(clip_copy, content):
         load_clip(clip_copy, torch.float32, -2)
 
 
+@pytest.mark.parametrize("layer", [3, 100, -4, -100])
+def test_clip_select_layer_outside_the_tower(clip_copy, layer):
+    with pytest.raises(CheckpointError, match=f"mm_vision_select_layer={layer}: the CLIP tower has 2 layers"):
+        load_clip(clip_copy, torch.float32, layer)
+
+
 def test_clip_weights_of_another_shape(clip_copy):
     weights = next(p for p in clip_copy.iterdir() if p.suffix in (".bin", ".safetensors"))
     sd = torch.load(weights, weights_only=True) if weights.suffix == ".bin" else None
