@@ -145,6 +145,32 @@ def test_three_streams_share_batches(server, local):
             assert union and inter / union > 0.99
 
 
+def test_run_command_with_a_remote_reasoner(server, tmp_path, capsys):
+    """`visa-edge run --reasoner URL --reasoner-token-file F` streams without a local model."""
+    import json
+
+    import cv2
+
+    from visa_edge.runtime.cli import main
+
+    _, url = server
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for f in _video(7):
+        cv2.imwrite(str(frames / f"{f.name}.png"), cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    common = ["run", "--source", str(frames), "--query", QUERY, "--no-overlay", "--blocking",
+              "--every-frames", "3", "--window", "4", "--references", "2"]
+    assert main([*common, "--out", str(tmp_path / "out"), "--reasoner", url,
+                 "--reasoner-token-file", str(tmp_path / "token")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames"] == 7 and summary["stats"]["reasoning_completed"] == 3  # frames 0, 3, 6
+    assert summary["stats"]["reasoning_failed"] == 0
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 7
+    assert main([*common, "--out", str(tmp_path / "none")]) == 2
+    assert "--checkpoint and --clip are required unless --reasoner URL is given" in capsys.readouterr().err
+
+
 class _Copy(Tracker):
     """Holds the last anchor mask (tracking that never fails, so reasoning is what the test watches)."""
 

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import VisaEdgeError
+from ..errors import InputError, VisaEdgeError
 from .common import float_arg
 from .stream_args import add_pipeline_args, add_stream_args, pipeline_config
 
@@ -20,8 +20,12 @@ def register(sub) -> None:
         "reruns asynchronously on a sliding window; writes OUT/masks/<frame>.png (0/255), "
         "OUT/overlay.mp4, OUT/frames.jsonl (per-frame metadata) and OUT/summary.json.",
     )
-    add_pipeline_args(p)
+    add_pipeline_args(p, model_required=False)
     add_stream_args(p)
+    r = p.add_argument_group("remote reasoning")
+    r.add_argument("--reasoner", metavar="URL", help="reason on a `visa-edge serve` server (http://HOST:PORT) "
+                   "instead of loading the model here; --checkpoint/--clip are then not needed")
+    r.add_argument("--reasoner-token-file", metavar="F", help="file holding the server's shared token")
     g = p.add_argument_group("input and output")
     g.add_argument("--source", required=True,
                    help="image folder, video file, rosbag2 (.mcap/.db3/folder) or camera:N")
@@ -46,9 +50,24 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.source, topic=args.topic)
     if args.rate:
         source = Paced(source, args.rate)
-    runtime = build_runtime(pipeline_config(args), query=args.query)
+    runtime = build_runtime(remote_config(args), query=args.query)
     return stream_to_folder(runtime, source, out, masks=not args.no_masks, video=not args.no_overlay,
                             fps=args.rate or getattr(source, "fps", 30.0), live=bool(args.rate) or source.live)
+
+
+def remote_config(args: argparse.Namespace):
+    """The pipeline config with the remote reasoner of ``--reasoner``; InputError when neither it nor a model is given."""
+    import dataclasses
+
+    from ..remote_reasoner import read_token
+
+    cfg = pipeline_config(args)
+    if not args.reasoner:
+        if not (args.checkpoint and args.clip):
+            raise InputError("--checkpoint and --clip are required unless --reasoner URL is given")
+        return cfg
+    token = read_token(args.reasoner_token_file) if args.reasoner_token_file else None
+    return dataclasses.replace(cfg, reasoner_url=args.reasoner, reasoner_token=token)
 
 
 def stream_to_folder(runtime, source, out: Path, masks: bool = True, video: bool = True, fps: float = 30.0,

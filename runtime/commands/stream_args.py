@@ -10,8 +10,8 @@ from ..tracking.factory import TRACKERS
 from .common import add_model_args, float_arg, int_arg
 
 
-def add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
+def add_pipeline_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    add_model_args(p, required=model_required)
     g = p.add_argument_group("engines and tracker")
     g.add_argument("--engines", metavar="DIR", help="engine folder from `visa-edge export` (its networks replace PyTorch)")
     g.add_argument("--backend", choices=["onnxruntime", "tensorrt"], help="engine backend (default: what --engines was built for)")

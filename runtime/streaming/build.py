@@ -11,8 +11,8 @@ from .scheduler import StreamConfig, StreamingRuntime
 class PipelineConfig:
     """Where the model and engines are and how to run them."""
 
-    checkpoint: str  # VISA checkpoint folder (LLM, tokenizer, [SEG] head; also the networks without engines)
-    clip: str  # CLIP folder
+    checkpoint: str | None  # VISA checkpoint folder (LLM, tokenizer, [SEG] head; also the networks without engines)
+    clip: str | None  # CLIP folder (both None with a reasoner_url)
     engines: str | None = None  # engine folder from `visa-edge export` (replaces the PyTorch networks it holds)
     backend: str | None = None  # engine backend: onnxruntime | tensorrt (default: what the folder was built for)
     quantization: str | None = None  # None | "nf4" (LLM)
@@ -22,16 +22,25 @@ class PipelineConfig:
     tracker: str = "flow"  # flow | xmem
     xmem: str | None = None  # XMem.pth for tracker "xmem"
     stream: StreamConfig = field(default_factory=StreamConfig)
+    reasoner_url: str | None = None  # reason on a `visa-edge serve` server instead of loading the model here
+    reasoner_token: str | None = None  # the server's shared token
 
 
 def build_runtime(cfg: PipelineConfig, query: str = "") -> StreamingRuntime:
-    """Load everything ``cfg`` names and return a running ``StreamingRuntime``."""
+    """Load everything ``cfg`` names and return a running ``StreamingRuntime`` (reasoning remote with a reasoner_url)."""
     from ..backends.loading import load_engines
     from ..config import DTYPES
     from ..model import VisaModel
     from ..reasoning import ReasoningStep
     from ..tracking.factory import tracker_factory
 
+    if cfg.reasoner_url:
+        from ..remote_reasoner import RemoteReasoner
+
+        engines = load_engines(cfg.engines, backend=cfg.backend, device=cfg.device, sources={"xmem": cfg.xmem}) \
+            if cfg.engines else {}
+        trackers = tracker_factory(cfg.tracker, cfg.xmem, cfg.device, engines)
+        return StreamingRuntime(RemoteReasoner(cfg.reasoner_url, cfg.reasoner_token), trackers, cfg.stream, query=query)
     model = VisaModel.from_pretrained(
         cfg.checkpoint, clip=cfg.clip, quantization=cfg.quantization, device=cfg.device, dtype=DTYPES[cfg.dtype],
         sam_checkpoint=cfg.sam_checkpoint,
