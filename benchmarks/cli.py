@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .models import CONFIGS
+from .multi_query import MULTI_QUERY
 from .quality import DAVIS_DEFAULT
 from .stages import BACKENDS, STAGES
 
@@ -27,9 +28,11 @@ def register(sub) -> None:
         "OUT/latency.png and OUT/staleness.png. Without checkpoints the weights are random: latency does not depend "
         "on weight values (subnormal floats are flushed to zero, see --keep-denormals).",
     )
-    p.add_argument("--config", choices=CONFIGS, default="tiny",
+    p.add_argument("--config", choices=(*CONFIGS, MULTI_QUERY), default="tiny",
                    help="tiny: the tiny checkpoint (CPU-friendly, CI smoke); visa-7b: real-size CLIP ViT-L/14, "
-                   "Vicuna-7B in NF4 (CUDA only), SAM ViT-H, XMem at 480p (default tiny)")
+                   "Vicuna-7B in NF4 (CUDA only), SAM ViT-H, XMem at 480p; multi-query: reasoning-step latency for 1, 2, 4 and 8 "
+                   "queries in one step vs one step per query, mid-size LLaMA (--quick, --device, --repeats, --warmup) "
+                   "(default tiny)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--quick", action="store_true",
                    help="CI smoke: one warm-up and one timed call per backend, a 3 s stream at 5 fps, DAVIS on one "
@@ -58,6 +61,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config == MULTI_QUERY:
+        from .multi_query import run_multi_query_bench
+
+        return run_multi_query_bench(args)
     from .report import write_report
     from .suite import BenchOptions, parse_names, run_benchmark
 

@@ -1,0 +1,71 @@
+"""The multi-query benchmark's bookkeeping (``visa-edge bench --config multi-query``), on made-up samples.
+
+The benchmark itself takes minutes; these check how rounds become the table: the baseline for
+Q queries is the per-round sum of the single-query steps on the first Q queries, and ratios are
+taken to the one-query step of the same run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from visa_edge.benchmarks import multi_query as mq
+from visa_edge.runtime.cli import main
+
+# two rounds; shared/1 is query 1's single-query step
+SAMPLES = {
+    "shared/1": [1.0, 1.2],
+    "shared/2": [1.2, 1.4],
+    "shared/4": [1.4, 1.6],
+    "single/2": [1.0, 1.0],
+    "single/3": [1.1, 1.3],
+    "single/4": [0.9, 0.9],
+}
+TIMINGS = {q: [{"llm_prefill": 0.5, "sam_encoder": 0.3, "mask_decoder": 0.1 * q, "postprocess": 0.01 * q}] for q in (1, 2, 4)}
+
+
+def test_separate_steps_are_summed_per_round():
+    assert mq.separate_seconds(SAMPLES, 1) == [1.0, 1.2]
+    assert mq.separate_seconds(SAMPLES, 4) == pytest.approx([4.0, 4.4])
+
+
+def test_rows_give_ratios_to_one_query_and_speedups():
+    rows = {r["queries"]: r for r in mq.rows(SAMPLES, TIMINGS, (1, 2, 4))}
+    one = 1.1  # p50 of shared/1
+    assert rows[1]["shared_vs_one_query"] == pytest.approx(1.0) and rows[1]["speedup_vs_separate"] == pytest.approx(1.0)
+    assert rows[2]["shared_ms"]["p50"] == pytest.approx(1300.0)
+    assert rows[2]["separate_ms"]["p50"] == pytest.approx(2100.0)  # rounds: 2.0 and 2.2 s
+    assert rows[4]["shared_vs_one_query"] == pytest.approx(1.5 / one)
+    assert rows[4]["separate_vs_one_query"] == pytest.approx(4.2 / one)
+    assert rows[4]["speedup_vs_separate"] == pytest.approx(4.2 / 1.5)
+    assert rows[4]["target_vs_one_query"] == 1.5 and rows[2]["target_vs_one_query"] is None
+    assert rows[4]["shared_stage_ms_p50"] == {"llm_prefill": 500.0, "sam_encoder": 300.0, "mask_decoder": 400.0, "postprocess": 40.0}
+
+
+def test_markdown_has_one_row_per_query_count():
+    result = {
+        "machine": {"cpu": "test CPU", "cores": 2, "load_average": [1.0, 1.0, 1.0]}, "device": {"type": "cpu"},
+        "load_average_end": None, "model": {"llm": "LLaMA", "sam": "SAM", "prefill_positions": 1609, "note": "random"},
+        "agreement": {"queries": 4, "seg_hidden_max_abs": 1e-6, "logits_max_abs": 2e-7, "mask_pixels_differing": 0},
+        "rows": mq.rows(SAMPLES, TIMINGS, (1, 2, 4)),
+    }
+    text = mq.markdown(result)
+    table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [line.split("|")[1].strip() for line in table] == ["1", "2", "4"]
+    assert "| 4 | 1500 | 4200 | **x1.36** | x3.82 | x2.80 | <= 1.5 | 500 / 300 / 400 / 40 | 2 |" in text
+    assert "0 mask pixels differ" in text
+
+
+def test_presets_and_overrides():
+    full = mq.settings_for(False)
+    assert full.query_counts == (1, 2, 4, 8) and full.frames == 12 and full.spec.hidden_size == 512
+    quick = mq.settings_for(True, repeats=3, warmup=0)
+    assert (quick.repeat.repeats, quick.repeat.warmup, quick.repeat.min_repeats) == (3, 0, 1)
+    with pytest.raises(ValueError, match="query_counts"):
+        mq.MultiQuerySettings(query_counts=(1, 9))
+
+
+def test_cli_refuses_options_of_other_configs(tmp_path, capsys):
+    assert main(["bench", "--config", "multi-query", "--out", str(tmp_path), "--stages", "sam_encoder"]) == 2
+    assert "--stages: not used by --config multi-query" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
