@@ -8,14 +8,14 @@ frame); every other one is read once at start-up (read-only). An empty string or
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..runtime.errors import InputError
 from ..runtime.config import DTYPES
 from ..runtime.streaming.build import PipelineConfig
-from ..runtime.streaming.scheduler import StreamConfig
+from ..runtime.streaming.scheduler import OPTIONAL_OFF, StreamConfig, stream_parameters
 
 QOS_NAMES = ("sensor_data", "reliable")  # sensor_data: best effort, volatile; reliable: reliable, volatile
 TRACKER_NAMES = ("flow", "xmem")
@@ -30,8 +30,6 @@ class Param:
     description: str
 
 
-_STREAM = StreamConfig()
-
 PIPELINE_PARAMS = (
     Param("checkpoint", "", "VISA checkpoint folder: config.json, tokenizer with [SEG], weight shards (required)"),
     Param("clip", "", "CLIP ViT-L/14 folder: Hugging Face CLIPVisionModel (required)"),
@@ -45,18 +43,9 @@ PIPELINE_PARAMS = (
     Param("xmem", "", "XMem.pth for tracker xmem (empty: engines must provide its networks)"),
 )
 
-STREAM_PARAMS = (
-    Param("window", _STREAM.window, "frames in the reasoning window; the newest is the target frame"),
-    Param("references", _STREAM.references, "reference frames sampled from the window (1..11)"),
-    Param("every_frames", _STREAM.every_frames or 0, "rerun reasoning every K frames (0: off)"),
-    Param("every_seconds", float(_STREAM.every_seconds or 0.0), "rerun reasoning every T seconds (0: off)"),
-    Param("min_confidence", _STREAM.min_confidence, "tracker confidence under this counts as low"),
-    Param("confidence_patience", _STREAM.confidence_patience, "low-confidence frames in a row that trigger reasoning"),
-    Param("buffer_frames", _STREAM.buffer_frames, "frames kept for reasoning windows and catch-up"),
-    Param("retry_delay_s", _STREAM.retry_delay_s, "wait before retrying a failed reasoning step (s)"),
-    Param("blocking", _STREAM.blocking, "wait for each reasoning result before the next frame (offline replay; "
-          "live operation keeps false so reasoning never delays a mask)"),
-)
+# Derived from StreamConfig's fields (name, default, help): one ROS parameter per field, 0 for "off".
+STREAM_PARAMS = tuple(Param(p.name, p.default, p.help) for p in stream_parameters())
+_OPTIONAL = {p.name for p in stream_parameters() if p.optional}  # None-able fields: OPTIONAL_OFF is None
 
 NODE_PARAMS = (
     Param("query", "", "initial query (the `query` topic sets or replaces it; empty: paused)"),
@@ -110,23 +99,14 @@ def node_config(values: Mapping[str, Any]) -> NodeConfig:
 
 
 def stream_config(values: Mapping[str, Any]) -> StreamConfig:
-    """StreamConfig from the parameters (0 turns a cadence off)."""
-    return StreamConfig(**stream_values(values, [p.name for p in STREAM_PARAMS]))
+    """StreamConfig from the parameters (0 turns a None-able field off); InputError names a bad value."""
+    return StreamConfig(**stream_values({p.name: values[p.name] for p in STREAM_PARAMS}))
 
 
-def stream_values(values: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    """StreamConfig field values of the parameters ``names`` (a cadence of 0 is None: off)."""
-    return {name: (values[name] or None) if name in ("every_frames", "every_seconds") else values[name]
-            for name in names}
-
-
-def check_dynamic(values: Mapping[str, Any]) -> None:
-    """InputError naming a dynamic parameter whose new value cannot be applied."""
-    for name in ("every_frames", "every_seconds"):
-        if name in values and values[name] < 0:
-            raise InputError(f"parameter {name}={values[name]}: expected >= 0 (0: off)")
-    if "min_confidence" in values and not 0.0 <= values["min_confidence"] <= 1.0:
-        raise InputError(f"parameter min_confidence={values['min_confidence']}: expected 0..1")
+def stream_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The StreamConfig field values of the stream parameters in ``values`` (0 -> None where None-able)."""
+    names = {p.name for p in STREAM_PARAMS}
+    return {k: None if k in _OPTIONAL and v == OPTIONAL_OFF else v for k, v in values.items() if k in names}
 
 
 def pipeline_config(values: Mapping[str, Any]) -> PipelineConfig:

@@ -81,6 +81,7 @@ def mask_info(metadata: Mapping, query_id: int, anchor_age_s: float | None) -> d
         "query": short(metadata["query"]),
         "query_id": str(query_id),
         "staleness_ms": f"{metadata['staleness_ms']:.1f}",
+        "delay_ms": "" if metadata.get("delay_ms") is None else f"{metadata['delay_ms']:.1f}",
         "track_ms": f"{metadata['track_ms']:.1f}",
     }
     values.update({f"anchor_latency_{stage}_ms": f"{ms:.1f}" for stage, ms in latency.items()})
@@ -105,6 +106,7 @@ def report(stats: Mapping, recent: Sequence[ResultInfo], counters: NodeCounters,
         "frames_published": str(counters.published),
         "rejected_frames": str(counters.rejected),
         "dropped_frames": str(dropped),
+        "dropped_late": str(stats["dropped_late"]),
         "failed_frames": str(counters.failed),
         "tracking_fps": f"{tracking_fps([r.ready for r in recent], now):.2f}",
         "tracker_ms_p50": _ms(float(np.median(track)) if track else None),

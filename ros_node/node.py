@@ -45,7 +45,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ..runtime.errors import InputError, VisaEdgeError
 from ..runtime.streaming import FrameResult, PushSource, StreamingRuntime
 from ..runtime.streaming.sinks import overlay
-from .config import DYNAMIC, PARAMETERS, STREAM_DYNAMIC, check_dynamic, node_config, pipeline_config, stream_values
+from .config import DYNAMIC, PARAMETERS, STREAM_DYNAMIC, node_config, pipeline_config, stream_config, stream_values
 from .convert import box_corners, decode_image, mask_bbox, mono8, pixel_rays, scale_intrinsics
 from .diagnostics import NodeCounters, Report, ResultInfo, mask_info, report, short
 
@@ -112,7 +112,7 @@ class _VisaEdge:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards _headers: a frame's header is recorded before it can be dequeued
         self._pub_lock = threading.Lock()  # guards the publishers against deactivation while publishing
-        self._headers: dict[int, Header] = {}  # frame index -> input header, for the frames in flight
+        self._headers: dict[int, tuple[Header, float]] = {}  # frame index -> (input header, arrival), in flight
         self._camera_infos: OrderedDict[tuple[int, int], CameraInfo] = OrderedDict()  # by stamp
         self._seen_queries: deque[tuple[int, int]] = deque(maxlen=16)  # (source time, sequence) taken
         self._recent: deque[ResultInfo] = deque(maxlen=RECENT_RESULTS)
@@ -140,12 +140,10 @@ class _VisaEdge:
             raise InputError(str(e)) from e
 
     def _check_parameters(self, params) -> SetParametersResult:
-        """Accept a change of the dynamic parameters only if the runtime would accept it."""
-        new = {p.name: p.value for p in params}
+        """Accept a change of the dynamic parameters only if the runtime's StreamConfig would accept it."""
         try:
-            check_dynamic(new)
-            if self.runtime is not None:
-                dataclasses.replace(self.runtime.config, **stream_values(new, [n for n in new if n in STREAM_DYNAMIC]))
+            base = self.runtime.config if self.runtime is not None else stream_config(self.values)
+            dataclasses.replace(base, **stream_values({p.name: p.value for p in params}))
         except VisaEdgeError as e:
             return SetParametersResult(successful=False, reason=str(e))
         return SetParametersResult(successful=True)
@@ -168,7 +166,8 @@ class _VisaEdge:
 
     def _apply_stream_parameters(self) -> None:
         """Replace the runtime's (frozen) StreamConfig: it is read on every frame."""
-        self.runtime.config = dataclasses.replace(self.runtime.config, **stream_values(self.values, STREAM_DYNAMIC))
+        self.runtime.config = dataclasses.replace(self.runtime.config,
+                                                  **stream_values({n: self.values[n] for n in STREAM_DYNAMIC}))
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -258,7 +257,9 @@ class _VisaEdge:
             self.destroy_timer(self.diagnostics_timer)
             self.destroy_publisher(self.diagnostics_pub)
             self.diagnostics_timer = self.diagnostics_pub = None
-        if self.runtime is not None and self.runtime is not self._given_runtime:
+        if self.runtime is not None and self.runtime is self._given_runtime:
+            self.runtime.reset()  # a later configure starts a new stream (frame indices restart)
+        elif self.runtime is not None:
             self.runtime.close()
         self.runtime = None
         self._headers.clear()
@@ -277,6 +278,7 @@ class _VisaEdge:
     # --- callbacks -----------------------------------------------------------------------
 
     def _on_image(self, msg) -> None:
+        arrival = time.monotonic()
         self.counters.received += 1
         try:
             image = decode_image(msg, self.config.compressed)
@@ -289,7 +291,7 @@ class _VisaEdge:
         stamp = msg.header.stamp
         with self._lock:
             frame = self.source.push(image, timestamp=stamp.sec + stamp.nanosec * 1e-9)
-            self._headers[frame.index] = msg.header
+            self._headers[frame.index] = msg.header, arrival
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         with self._lock:
@@ -312,10 +314,8 @@ class _VisaEdge:
 
     def _set_query(self, query: str) -> None:
         """Apply a query, unless the reasoner refuses it (logged, reported; the previous one stays)."""
-        check = getattr(self.runtime.reasoner, "check_query", None)
         try:
-            if check is not None and query.strip():
-                check(query)
+            self.runtime.set_query(query)  # the reasoner's check_query, if it has one, may refuse it
         except InputError as e:
             self.counters.queries_refused += 1
             self.counters.query_error = f"{e} ({len(query)} chars)"
@@ -323,7 +323,6 @@ class _VisaEdge:
                                       f"still using {short(self.runtime.query)!r}")
             return
         self.counters.query_error = ""
-        self.runtime.set_query(query)
         self.query_id += 1
         self.get_logger().info(f"query: {short(self.runtime.query)!r}" if self.runtime.query else "query empty: paused")
 
@@ -337,18 +336,20 @@ class _VisaEdge:
 
     # --- processing ----------------------------------------------------------------------
 
-    def _take_header(self, index: int) -> Header:
-        """The header of frame ``index``; forgets the headers of older (dropped) frames."""
+    def _take_header(self, index: int) -> tuple[Header, float]:
+        """The header and arrival time of frame ``index``; forgets those of older (dropped) frames."""
         with self._lock:
             for old in [i for i in self._headers if i < index]:
                 del self._headers[old]
             return self._headers[index]
 
     def _process(self, source: PushSource) -> None:
+        """Track the queued frames. Unless the runtime blocks on reasoning (offline replay), frames
+        are live: one the runtime receives too late is dropped (mask_source "dropped", the last mask)."""
         for frame in source:
-            header = self._take_header(frame.index)
+            header, arrival = self._take_header(frame.index)
             try:
-                result = self.runtime.process(frame)
+                result = self.runtime.process(frame, arrival, live=not self.runtime.config.blocking)
                 self.runtime.stats.dropped = source.dropped
                 self._publish(result, header)
             except Exception as e:  # reported; the next frame is processed

@@ -356,7 +356,7 @@ class Probe:
                     "markers": dict(self.markers), "rosout": list(self.rosout)}
 
     def wait_received(self, kind: str, indices: list[int], timeout: float = 20.0) -> dict:
-        """``received()[kind]`` (mask_infos, polygons, camera_infos, markers) once it has all ``indices``."""
+        """``received()[kind]`` (overlays, mask_infos, polygons, camera_infos, markers) once it has all ``indices``."""
         def missing() -> list[int]:
             return sorted(set(indices) - set(getattr(self, kind)))
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from visa_edge.ros_node.config import (
-    DYNAMIC, PARAMETERS, STREAM_DYNAMIC, NodeConfig, check_dynamic, defaults, node_command, node_config,
-    parameter_args, pipeline_config, stream_config)
+    DYNAMIC, PARAMETERS, STREAM_DYNAMIC, STREAM_PARAMS, NodeConfig, defaults, node_command, node_config,
+    parameter_args, pipeline_config, stream_config, stream_values)
 from visa_edge.ros_node.convert import box_corners, decode_image, mask_bbox, mono8, pixel_rays, scale_intrinsics
 from visa_edge.ros_node.diagnostics import (
     ERROR, OK, WARN, NodeCounters, ResultInfo, mask_info, report, short, tracking_fps)
@@ -25,20 +25,25 @@ from visa_edge.runtime.streaming.images import RAW_ENCODINGS, decode_raw
 
 def test_parameters_are_unique_described_and_typed():
     names = [p.name for p in PARAMETERS]
-    assert len(names) == len(set(names)) == 29
+    assert len(names) == len(set(names)) == 33
     assert all(p.description and type(p.default) in (bool, int, float, str) for p in PARAMETERS)
     assert set(DYNAMIC) <= set(names) and STREAM_DYNAMIC == ("every_frames", "every_seconds", "min_confidence")
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"every_frames": -1}, "every_frames=-1: expected >= 0"),
-    ({"every_seconds": -0.5}, "every_seconds=-0.5: expected >= 0"),
-    ({"min_confidence": 1.01}, "min_confidence=1.01: expected 0..1"),
-])
-def test_dynamic_parameters_are_validated(values, message):
-    with pytest.raises(InputError, match=message):
-        check_dynamic(values)
-    check_dynamic({"every_frames": 0, "every_seconds": 0.0, "min_confidence": 1.0, "publish_overlay": True})
+def test_stream_parameters_match_stream_config_fields_one_to_one():
+    from dataclasses import fields
+
+    assert [p.name for p in STREAM_PARAMS] == [f.name for f in fields(StreamConfig)]
+    for p, f in zip(STREAM_PARAMS, fields(StreamConfig)):
+        assert p.description.startswith(f.metadata["help"]), p.name
+        assert p.default == (0 if f.default is None else f.default) and type(p.default) is not type(None), p.name
+    values = {**defaults(), "every_frames": 0, "every_seconds": 2.5, "max_delay_periods": 0.0}
+    cfg = stream_config(values)
+    assert (cfg.every_frames, cfg.every_seconds, cfg.max_delay_periods) == (None, 2.5, 0.0)
+    assert stream_values({"every_seconds": 0.0, "min_confidence": 0.5, "query": "x"}) == \
+        {"every_seconds": None, "min_confidence": 0.5}
+    with pytest.raises(InputError, match="min_confidence=1.5"):
+        stream_config({**defaults(), "min_confidence": 1.5})
 
 
 def test_defaults_map_to_the_runtime_defaults():
@@ -146,15 +151,16 @@ def test_mask_info_values_from_frame_metadata():
     mask = np.zeros((4, 5), np.uint8)
     mask[1:3, 1:3] = 1
     result = FrameResult(frame, mask, 0.87654, "tracked", 9, "the mug", arrival=5.0, ready=5.0125, track_s=0.004,
-                         anchor_latency={"llm": 0.5, "reasoning": 0.75})
+                         anchor_latency={"llm": 0.5, "reasoning": 0.75}, delay_s=0.02)
     assert mask_info(result.metadata(), query_id=3, anchor_age_s=0.25) == {
         "frame_index": "12", "mask_source": "tracked", "anchor_index": "9", "anchor_age_frames": "3",
         "anchor_age_s": "0.250", "confidence": "0.8765", "mask_fraction": "0.20000", "query": "the mug",
-        "query_id": "3", "staleness_ms": "12.5", "track_ms": "4.0", "anchor_latency_llm_ms": "500.0",
+        "query_id": "3", "staleness_ms": "12.5", "delay_ms": "20.0", "track_ms": "4.0", "anchor_latency_llm_ms": "500.0",
         "anchor_latency_reasoning_ms": "750.0"}
     none = FrameResult(frame, mask * 0, 0.0, "none", None, "the mug", 5.0, 5.0, 0.0)
     v = mask_info(none.metadata(), query_id=1, anchor_age_s=None)
-    assert (v["anchor_index"], v["anchor_age_frames"], v["anchor_age_s"], v["mask_source"]) == ("", "", "", "none")
+    assert (v["anchor_index"], v["anchor_age_frames"], v["anchor_age_s"], v["delay_ms"], v["mask_source"]) == \
+        ("", "", "", "", "none")
     assert not any(k.startswith("anchor_latency") for k in v)
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -263,6 +264,7 @@ def test_every_frame_gets_its_mask_with_its_header(context, probe):
         assert rois == [square_box(i, H, W) for i in sent]
         assert_frame_metadata(probe, sent)
         diag = probe.call("wait_diagnostics", until={"frames_published": 24}, timeout=20.0)
+        probe.call("wait_received", kind="overlays", indices=sent)
         got = probe.call("received")
         assert got["masks"] == sent and got["duplicates"] == []
         assert sorted(got["overlays"]) == sent and set(got["overlays"].values()) == {("rgb8", H, W)}
@@ -436,9 +438,10 @@ def test_dynamic_parameters_and_publishing_while_paused(context, probe):
         assert probe.call("set_parameters", values={"every_frames": 2, "min_confidence": 0.5}) == [(True, "")] * 2
         assert (runtime.config.every_frames, runtime.config.min_confidence, runtime.config.window) == (2, 0.5, 4)
         refused = probe.call("set_parameters", values={"min_confidence": 1.5})
-        assert refused == [(False, "parameter min_confidence=1.5: expected 0..1")]
+        assert refused == [(False, "stream parameter min_confidence=1.5: expected min_confidence in 0..1 "
+                                   "(a finite number)")]
         assert probe.call("set_parameters", values={"every_seconds": -1.0})[0] == \
-            (False, "parameter every_seconds=-1.0: expected >= 0 (0: off)")
+            (False, "stream parameter every_seconds=-1.0: expected a finite number > 0, or None/0 (off)")
         ok, reason = probe.call("set_parameters", values={"window": 8})[0]
         assert not ok and "read-only" in reason.lower() and runtime.config.window == 4
         set_query(probe, SQUARE_QUERY)
@@ -448,8 +451,13 @@ def test_dynamic_parameters_and_publishing_while_paused(context, probe):
             [(True, "")] * 2
         set_query(probe, "")
         probe.call("publish_frames", first=5, count=3)
-        set_query(probe, SQUARE_QUERY)  # published after frames 5..7: they are processed (paused) first
+        deadline = time.monotonic() + 20
+        while runtime.stats.frames < 8:  # frames 5..7 processed, paused (no message counts them)
+            assert time.monotonic() < deadline, f"{runtime.stats.frames} of 8 frames processed"
+            time.sleep(0.01)
+        set_query(probe, SQUARE_QUERY)
         assert_square_masks(probe.call("wait_masks", indices=probe.call("publish_frames", first=8, count=2)))
+        probe.call("wait_received", kind="overlays", indices=[8, 9])
         got = probe.call("received")
         assert got["masks"] == [0, 1, 2, 3, 4, 8, 9] and sorted(got["overlays"]) == [8, 9]
         diag = probe.call("wait_diagnostics", until={"frames_received": 10, "frames_published": 7})
