@@ -18,6 +18,8 @@ IMAGE_FORMATS = "JPEG, PNG or BMP"
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as RGB uint8 [H,W,3] (decoded with OpenCV, as VISA's datasets do)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; expected a frame image file")
     if not path.is_file():
         raise InputError(f"{path}: frame not found")
     bgr = _imread(path, cv2.IMREAD_COLOR)
@@ -32,6 +34,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     a mask with several object ids is ambiguous for a single-object tracker.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; expected a mask image file")
     if not path.is_file():
         raise InputError(f"{path}: mask not found")
     m = _imread(path, cv2.IMREAD_UNCHANGED)

@@ -746,3 +746,17 @@ def test_cli_run_whose_every_reasoning_step_failed_exits_non_zero(capsys, tmp_pa
     assert "Traceback" not in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 3 and summary["stats"]["reasoning_completed"] == 0 and summary["stats"]["reasoning_failed"] >= 1
+
+
+def test_cli_tiny_out_is_a_file(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, err = run_cli(capsys, ["tiny", "--out", tmp_path / "file"])
+    assert code == 2
+    assert_one_line(err, tmp_path / "file", "--out is an existing file")
+
+
+def test_cli_camera_that_cannot_be_opened_is_one_line_even_at_the_fd_level(capfd, tmp_path, tiny_checkpoint):
+    """OpenCV's own warnings about the missing device would go straight to fd 2."""
+    code = main(["run", *map(str, _model(tiny_checkpoint)), "--source", "camera:97", "--query", "q", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert_one_line(capfd.readouterr().err, "camera 97: could not be opened")

@@ -22,8 +22,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import output_dir
     from ..tiny import UNTRAINED_LABEL, write_tiny_checkpoint
 
+    output_dir(args.out, "--out")
     paths = write_tiny_checkpoint(args.out, seed=args.seed, fmt=args.format, shards=args.shards)
     print(f"checkpoint: {paths.checkpoint}\nclip:       {paths.clip}\n({UNTRAINED_LABEL})")
     return 0

@@ -258,7 +258,8 @@ class CameraSource(PushSource):
 
     def __init__(self, device: int | str = 0, maxsize: int = 4):
         super().__init__(maxsize)
-        self.capture = cv2.VideoCapture(device)
+        with _quiet_opencv():  # its per-backend warnings would add lines to our one-line error
+            self.capture = cv2.VideoCapture(device)
         if not self.capture.isOpened():
             raise InputError(f"camera {device!r}: could not be opened")
         self._thread = threading.Thread(target=self._read, name="camera", daemon=True)
@@ -276,6 +277,17 @@ class CameraSource(PushSource):
         super().close()
         self._thread.join(timeout=1)
         self.capture.release()
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log limited to errors while the block runs."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 class Paced(FrameSource):
