@@ -13,6 +13,7 @@ from .models import CONFIGS
 from .multi_query import MULTI_QUERY
 from .quality import DAVIS_DEFAULT
 from .stages import BACKENDS, STAGES
+from .stream_bench import STREAM_BENCHES
 
 
 def register(sub) -> None:
@@ -28,9 +29,12 @@ def register(sub) -> None:
         "OUT/latency.png and OUT/staleness.png. Without checkpoints the weights are random: latency does not depend "
         "on weight values (subnormal floats are flushed to zero, see --keep-denormals).",
     )
-    p.add_argument("--config", choices=(*CONFIGS, MULTI_QUERY), default="tiny",
+    p.add_argument("--config", choices=(*CONFIGS, *STREAM_BENCHES, MULTI_QUERY), default="tiny",
                    help="tiny: the tiny checkpoint (CPU-friendly, CI smoke); visa-7b: real-size CLIP ViT-L/14, "
-                   "Vicuna-7B in NF4 (CUDA only), SAM ViT-H, XMem at 480p; multi-query: reasoning-step latency for 1, 2, 4 and 8 "
+                   "Vicuna-7B in NF4 (CUDA only), SAM ViT-H, XMem at 480p; stream-oracle: latency compensation of "
+                   "the streaming runtime with an oracle reasoner on DAVIS sequences paced in real time (--davis, "
+                   "--sequences, --latencies, --rate, --frames); stream-soak: 10,000 synthetic frames with a reasoner "
+                   "that fails every 7th step and hangs once (--frames); multi-query: reasoning-step latency for 1, 2, 4 and 8 "
                    "queries in one step vs one step per query, mid-size LLaMA (--quick, --device, --repeats, --warmup) "
                    "(default tiny)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -57,6 +61,10 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", type=Path, metavar="DIR", help="visa-7b: a VISA checkpoint instead of random weights")
     p.add_argument("--clip", type=Path, metavar="DIR", help="visa-7b: the CLIP ViT-L/14 folder for --checkpoint")
     p.add_argument("--xmem", type=Path, metavar="PTH", help="visa-7b: XMem.pth instead of random XMem weights")
+    p.add_argument("--sequences", metavar="NAMES", help="stream-oracle: comma-separated sequences (default all)")
+    p.add_argument("--latencies", metavar="SECONDS", help="stream-oracle: comma-separated oracle latencies (default 0.5,1,2)")
+    p.add_argument("--frames", type=int, help="stream-oracle: frames per sequence (default all); stream-soak: frames "
+                   "(default 10000)")
     p.set_defaults(func=run)
 
 
@@ -66,7 +74,15 @@ def run(args: argparse.Namespace) -> int:
 
         return run_multi_query_bench(args)
     from .report import write_report
+    from .stream_bench import run_stream_bench
     from .suite import BenchOptions, parse_names, run_benchmark
+
+    if args.config in STREAM_BENCHES:
+        try:
+            return run_stream_bench(args)
+        except ValueError as e:
+            print(f"visa-edge bench: error: {e}", file=sys.stderr)
+            return 2
 
     try:
         options = BenchOptions(

@@ -61,7 +61,7 @@ class ShiftTracker(Tracker):
         return TrackOutput(self.mask.astype(np.float32), 0.9)
 
     def _compute(self, index, frame):
-        ShiftTracker.computed[index] += 1
+        type(self).computed[index] += 1
         return float(frame.mean())
 
 
@@ -179,6 +179,30 @@ def test_the_live_path_never_waits_for_a_catchup():
     rt.close(timeout=5.0)
     assert rt.stats.reasoning_failed == 0, rt.stats.last_error
     assert all(np.array_equal(r.mask, expected(r.anchor_index, r.frame.index)) for r in out if r.anchor_index is not None)
+
+
+class SlowCatchup(ShiftTracker):
+    """Catch-up steps through frames whose features nobody computed yet cost 30 ms each."""
+
+    def step(self, frame, mask=None, *, objects=None, index=None):
+        if mask is None and index not in self.computed and threading.current_thread().name.startswith("reasoning"):
+            time.sleep(0.03)
+        return super().step(frame, mask, objects=objects, index=index)
+
+
+def test_the_first_result_is_pasted_at_once_then_replaced_by_its_catchup():
+    reasoner = Oracle(0.2)
+    rt = StreamingRuntime(reasoner, factory_with_cache(SlowCatchup), StreamConfig(every_frames=1000), query="q")
+    out = paced_run(rt, 60, fps=60.0)
+    assert rt.stats.pasted == 1 and rt.stats.reasoning_failed == 0, rt.stats.last_error
+    pasted = [r for r in out if r.pasted]
+    first = pasted[0].frame.index
+    # the paste anchors on the newest tracked frame when the result arrives: the mask moves from there
+    assert all(np.array_equal(r.mask, np.roll(anchor_mask(0), r.frame.index - first + 1, axis=1)) for r in pasted[1:])
+    caught_up = [r for r in out if r.anchor_index is not None and not r.pasted]
+    assert caught_up and caught_up[0].frame.index > first and all(r.anchor_index == 0 for r in caught_up)
+    assert all(np.array_equal(r.mask, expected(0, r.frame.index)) for r in caught_up)  # as if stepped all along
+    assert all(r.anchor_index is None for r in out[:first])
 
 
 class SlowTracker(ShiftTracker):

@@ -8,7 +8,9 @@ the mask and steps it through the frames the live tracker has already tracked si
 live tracker cached in the factory's ``FeatureCache``), then swaps it in, in O(1) under the
 tracker lock, as soon as it has seen every frame the live tracker has. A pass steps at most
 ``catchup_max_steps`` frames (a longer backlog is subsampled, evenly, ending at the newest);
-after ``catchup_passes`` passes the tracker is swapped in anyway (counted as forced).
+after ``catchup_passes`` passes the tracker is swapped in anyway (counted as forced). While
+nothing is published yet (stream start, new query: no features are cached, the catch-up is
+slow) the result is first pasted on the newest frame ("naive"), then replaced once caught up.
 
 The live path never waits behind a catch-up: the worker steps without holding the lock. For
 a live source (``process(..., live=True)``) a frame that would be published more than
@@ -175,6 +177,7 @@ class FrameResult:
     track_s: float  # tracker time for this frame
     anchor_latency: dict[str, float] | None = None  # seconds per stage of the reasoning step behind the anchor
     delay_s: float | None = None  # live sources: capture -> ready, on the runtime's clock (see process())
+    pasted: bool = False  # the anchor's mask was pasted on a later frame (its catch-up still running)
 
     @property
     def anchor_age(self) -> int | None:
@@ -194,6 +197,7 @@ class FrameResult:
             "mask_source": self.mask_source,
             "anchor_index": self.anchor_index,
             "anchor_age": self.anchor_age,
+            "pasted": self.pasted,
             "confidence": round(float(self.confidence), 4),
             "mask_fraction": round(float(self.mask.mean()), 5),
             "query": self.query,
@@ -223,6 +227,7 @@ class RuntimeStats:
     results_discarded: int = 0  # results for an old query or stream, or whose frame left the buffer
     catchup_frames: int = 0  # frames re-tracked after re-anchoring
     catchup_forced: int = 0  # swaps after catchup_passes with frames still behind
+    pasted: int = 0  # first masks published as a naive paste while their catch-up ran
     resets: int = 0
     last_error: str | None = None
     reasoning_s: deque = field(default_factory=lambda: deque(maxlen=256))
@@ -275,6 +280,7 @@ class StreamingRuntime:
         self._tracker_out: TrackOutput | None = None  # its output for that frame
         self._live_upto = -1  # newest frame the live path tracked
         self._anchor: int | None = None
+        self._pasted = False  # the published tracker is a naive paste of the anchor's mask (see _catch_up)
         self._anchor_latency: dict[str, float] | None = None
         self._query = ""
         self._generation = 0  # bumped by a query change or reset: older results are discarded
@@ -343,7 +349,7 @@ class StreamingRuntime:
         """Drop the tracker and anchor and start a new generation (holding ``_lock``)."""
         self._generation += 1
         self._tracker, self._tracker_upto, self._tracker_out = None, -1, None
-        self._anchor, self._anchor_latency = None, None
+        self._anchor, self._anchor_latency, self._pasted = None, None, False
         self._last_request_index = None
         self._retry_at = None
 
@@ -383,7 +389,8 @@ class StreamingRuntime:
                 self._wait_idle()
         t0 = time.monotonic()
         with self._lock:
-            query, anchor, latency, tracker = self._query, self._anchor, self._anchor_latency, self._tracker
+            query, anchor, latency, tracker, pasted = (self._query, self._anchor, self._anchor_latency, self._tracker,
+                                                       self._pasted)
             if tracker is None:
                 out = None
             elif self._tracker_upto == frame.index:  # anchored on this very frame (a request made with it)
@@ -404,7 +411,7 @@ class StreamingRuntime:
         self._last_mask, self._last_conf = mask, conf
         ready = time.monotonic()
         return FrameResult(frame, mask, conf, source, anchor, query, arrival, ready, track_s, latency,
-                           None if due is None else ready - due)
+                           None if due is None else ready - due, pasted and out is not None)
 
     def _capture_time(self, frame: Frame, arrival: float) -> float:
         """The frame's capture time on the monotonic clock; updates the camera-period estimate."""
@@ -431,7 +438,7 @@ class StreamingRuntime:
         mask = last if last is not None and last.shape == shape else np.zeros(shape, np.uint8)
         ready = time.monotonic()
         return FrameResult(frame, mask, self._last_conf, "dropped", self._anchor, self._query, arrival, ready, 0.0,
-                           self._anchor_latency, ready - due)
+                           self._anchor_latency, ready - due, self._pasted)
 
     def run(self, frames: Iterable[Frame], sinks: Sequence = (), on_result: Callable[[FrameResult], None] | None = None,
             live: bool | None = None) -> RuntimeStats:
@@ -584,6 +591,7 @@ class StreamingRuntime:
         ``latency`` (the step's stage timings) gains ``catchup`` and is published with the anchor.
         """
         start = time.monotonic()
+        self._paste_if_nothing_published(epoch, generation, anchor.index, mask, latency)
         shadow = self.tracker_factory()
         upto = anchor.index
         out = shadow.anchor(anchor.image, mask, index=anchor.index)
@@ -599,16 +607,49 @@ class StreamingRuntime:
                 out, upto = shadow.step(frame.image, index=frame.index), frame.index
                 self.stats.catchup_frames += 1
             with self._lock:
-                if not self._current(epoch, generation) or (self._anchor is not None and anchor.index <= self._anchor):
+                if not self._current(epoch, generation) or not self._anchor_moves_on(anchor.index):
                     return False  # a newer stream, query or anchor: anchors never go back in time
-                if upto >= self._live_upto or passes == self.config.catchup_passes:
-                    if upto < self._live_upto:
+                behind = sum(1 for f in self.buffer.after(upto) if f.index <= self._live_upto)
+                if behind == 0 or passes == self.config.catchup_passes:
+                    if behind:
                         self.stats.catchup_forced += 1
                     latency["catchup"] = time.monotonic() - start
                     self._tracker, self._tracker_upto, self._tracker_out = shadow, upto, out
-                    self._anchor, self._anchor_latency = anchor.index, latency
+                    self._anchor, self._anchor_latency, self._pasted = anchor.index, latency, False
                     return True
         return False
+
+
+    def _anchor_moves_on(self, index: int) -> bool:
+        """Whether an anchor at ``index`` may replace the published one (holding ``_lock``): a newer
+        frame, or the same frame replacing its naive paste."""
+        return self._anchor is None or index > self._anchor or index == self._anchor and self._pasted
+
+    def _paste_if_nothing_published(self, epoch: int, generation: int, index: int, mask: np.ndarray,
+                                    latency: dict[str, float]) -> None:
+        """With no tracker published yet (stream start, new query), publish the mask of frame ``index``
+        pasted on the newest tracked frame at once; the caught-up tracker replaces it. Nothing is
+        cached for the frames before the first tracker, so that catch-up is slow, and a stale mask
+        beats none."""
+        with self._lock:
+            if self._tracker is not None or not self._current(epoch, generation):
+                return
+            newest = self.buffer.get(self._live_upto)
+        if newest is None or newest.index <= index:
+            return
+        paste = self.tracker_factory()
+        for passes in range(1, self.config.catchup_passes + 1):
+            out = paste.anchor(newest.image, mask, index=newest.index)
+            with self._lock:
+                if self._tracker is not None or not self._current(epoch, generation):
+                    return
+                latest = self.buffer.get(self._live_upto)
+                if latest is None or latest.index == newest.index or passes == self.config.catchup_passes:
+                    self._tracker, self._tracker_upto, self._tracker_out = paste, newest.index, out
+                    self._anchor, self._anchor_latency, self._pasted = index, dict(latency), True
+                    self.stats.pasted += 1
+                    return
+            newest = latest  # a frame was tracked meanwhile: paste on it instead (anchoring is cheap)
 
 
 def subsample(frames: list[Frame], n: int) -> list[Frame]:
