@@ -224,8 +224,9 @@ class _VisaEdge:
             "query_volatile": self.create_subscription(String, "query", self._on_query, VOLATILE_QUERY_QOS),
         }
         self.reason_srv = self.create_service(Trigger, "reason_now", self._on_reason_now)
-        self.get_logger().info(f"active: {'compressed' if cfg.compressed else 'raw'} images on "
-                               f"{self.subs['image'].topic_name} ({cfg.input_qos}), query {short(self.runtime.query)!r}")
+        kind = "compressed" if cfg.compressed else "raw"
+        self.get_logger().info(f"active: {kind} images on {self.subs['image'].topic_name} ({cfg.input_qos}), "
+                               f"query {short(self.runtime.query)!r}")
 
     def _deactivate(self) -> None:
         for sub in self.subs.values():

@@ -155,8 +155,8 @@ def test_mask_info_values_from_frame_metadata():
     assert mask_info(result.metadata(), query_id=3, anchor_age_s=0.25) == {
         "frame_index": "12", "mask_source": "tracked", "anchor_index": "9", "anchor_age_frames": "3",
         "anchor_age_s": "0.250", "confidence": "0.8765", "mask_fraction": "0.20000", "query": "the mug",
-        "query_id": "3", "staleness_ms": "12.5", "delay_ms": "20.0", "track_ms": "4.0", "anchor_latency_llm_ms": "500.0",
-        "anchor_latency_reasoning_ms": "750.0"}
+        "query_id": "3", "staleness_ms": "12.5", "delay_ms": "20.0", "track_ms": "4.0",
+        "anchor_latency_llm_ms": "500.0", "anchor_latency_reasoning_ms": "750.0"}
     none = FrameResult(frame, mask * 0, 0.0, "none", None, "the mug", 5.0, 5.0, 0.0)
     v = mask_info(none.metadata(), query_id=1, anchor_age_s=None)
     assert (v["anchor_index"], v["anchor_age_frames"], v["anchor_age_s"], v["delay_ms"], v["mask_source"]) == \

@@ -368,6 +368,45 @@ def test_a_full_queue_drops_the_oldest_frames(context, probe):
     assert reasoner.calls == [0, 11] and sent == list(range(1, 12))  # 11 is 10 frames after 0: every_frames
 
 
+class SlowTracker(PolarityTracker):
+    """PolarityTracker taking TRACK_S per frame."""
+
+    def step(self, frame, mask=None, **kw) -> TrackOutput:
+        time.sleep(TRACK_S)
+        return super().step(frame, mask, **kw)
+
+
+TRACK_S = 0.2
+
+
+def test_late_frames_are_dropped_and_tracking_fps_does_not_spike(context, probe):
+    """Live frames (non-blocking runtime): a burst queued behind a slow tracker is published at once
+    as "dropped" (the previous mask) once late; the burst of quick results is no fps spike."""
+    cfg = StreamConfig(window=4, references=2, every_frames=1000, buffer_frames=64, max_delay_periods=0.5)
+    runtime = StreamingRuntime(RedReasoner(), SlowTracker, cfg)
+    with running_node(context, probe, runtime):
+        set_query(probe, SQUARE_QUERY)
+        for i in range(10):  # one frame at a time, slower than the tracker, until the reasoning result is tracked
+            probe.call("wait_masks", indices=probe.call("publish_frames", first=i, count=1))
+            time.sleep(2 * TRACK_S)
+            if probe.call("wait_received", kind="mask_infos", indices=[i])[i]["mask_source"] == "tracked":
+                break
+        else:
+            raise AssertionError(f"no tracked frame within 10 frames: {probe.call('wait_diagnostics')}")
+        sent = probe.call("publish_frames", first=i + 1, count=12)  # 12 frames arrive at once, stamps 1 s apart
+        masks = probe.call("wait_masks", indices=sent)
+        infos = probe.call("wait_received", kind="mask_infos", indices=sent)
+        sources = [infos[j]["mask_source"] for j in sent]
+        dropped = sources.count("dropped")
+        # late (0.5 periods) once queued more than 0.5 s: after at most 3 tracked frames of 0.2 s
+        assert 9 <= dropped <= 11 and set(sources) == {"tracked", "dropped"}, sources
+        assert_square_masks({j: masks[j] for j in sent if infos[j]["mask_source"] == "tracked"})
+        assert all(float(infos[j]["delay_ms"]) >= 0 for j in sent)
+        diag = probe.call("wait_diagnostics", until={"frames_published": sent[-1] + 1})
+        assert diag["dropped_late"] == str(dropped) and diag["dropped_frames"] == "0"
+        assert float(diag["tracking_fps"]) <= len(sent) + i  # results of the last 2 s over at least 1 s
+
+
 CAMERA_ENCODINGS = ("rgba8", "bgra8", "yuv422", "yuv422_yuy2", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8",
                     "bayer_grbg8", "rgb16", "bgr16", "mono16")
 
@@ -431,7 +470,8 @@ def test_an_over_long_query_is_refused_and_reported(context, probe):
 def test_dynamic_parameters_and_publishing_while_paused(context, probe):
     runtime, reasoner = make_runtime(every_frames=1000)
     with running_node(context, probe, runtime) as node:
-        assert node.describe_parameter("window").read_only and "read-only" in node.describe_parameter("window").description
+        window = node.describe_parameter("window")
+        assert window.read_only and window.description.endswith("(read-only: set at start-up)")
         assert not any(node.describe_parameter(n).read_only for n in
                        ("every_frames", "every_seconds", "min_confidence", "publish_overlay", "publish_when_paused"))
         assert node.get_parameter("every_frames").value == 1000  # a ready runtime's config is shown
