@@ -37,12 +37,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-        ep.load()(sub)
+        try:
+            register = ep.load()
+        except Exception as e:  # a broken plugin must not take the other commands down with it
+            register = _unavailable(ep.name, e)
+        register(sub)
     return parser
 
 
+def _unavailable(name: str, error: Exception):
+    """A stand-in ``register`` for a command whose module failed to import: running it reports why."""
+    reason = f"{type(error).__name__}: {one_line(str(error))}"
+
+    def fail(args: argparse.Namespace) -> int:
+        raise VisaEdgeError(f"command {name!r} is unavailable: its module failed to import ({reason})")
+
+    def register(sub) -> None:
+        p = sub.add_parser(name, help=f"(unavailable: {reason})", add_help=False)
+        p.set_defaults(func=fail, unavailable=True)
+
+    return register
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except VisaEdgeError as e:

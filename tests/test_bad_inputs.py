@@ -760,3 +760,22 @@ def test_cli_camera_that_cannot_be_opened_is_one_line_even_at_the_fd_level(capfd
     code = main(["run", *map(str, _model(tiny_checkpoint)), "--source", "camera:97", "--query", "q", "--out", str(tmp_path / "o")])
     assert code == 2
     assert_one_line(capfd.readouterr().err, "camera 97: could not be opened")
+
+
+def test_cli_command_whose_module_fails_to_import(capsys, monkeypatch):
+    """A broken plugin is reported when its command runs; the other commands keep working."""
+    import visa_edge.runtime.cli as cli
+
+    class Broken:
+        name = "broken"
+
+        def load(self):
+            raise ImportError("No module named 'missing_dependency'")
+
+    real = cli.entry_points
+    monkeypatch.setattr(cli, "entry_points", lambda group: [*real(group=group), Broken()])
+    code, err = run_cli(capsys, ["broken", "--anything"])
+    assert code == 2
+    assert_one_line(err, "command 'broken' is unavailable", "ImportError: No module named 'missing_dependency'")
+    code, err = run_cli(capsys, ["tiny", "--shards", "0", "--out", "x"])
+    assert code == 2 and "--shards" in err
