@@ -779,3 +779,14 @@ def test_cli_command_whose_module_fails_to_import(capsys, monkeypatch):
     assert_one_line(err, "command 'broken' is unavailable", "ImportError: No module named 'missing_dependency'")
     code, err = run_cli(capsys, ["tiny", "--shards", "0", "--out", "x"])
     assert code == 2 and "--shards" in err
+
+
+@pytest.mark.parametrize("how", ["huge-png", "random", "empty"])
+def test_compressed_ros_image_that_cannot_be_decoded(tmp_path, how):
+    from visa_edge.runtime.streaming.images import decode_compressed
+
+    path = tmp_path / "msg.png"
+    _png_header(path, 40000, 40000)
+    data = {"huge-png": path.read_bytes(), "random": np.random.default_rng(6).bytes(512), "empty": b""}[how]
+    with pytest.raises(InputError, match=r"compressed image \(png, \d+ bytes\) could not be decoded"):
+        decode_compressed("png", data)

@@ -76,7 +76,10 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     kind = next((k for k in COMPRESSED_FORMATS if k in words), None)
     if kind is None:
         raise InputError(f"compressed image format {fmt!r} not supported; expected jpeg or png")
-    bgr = cv2.imdecode(np.frombuffer(memoryview(data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(memoryview(data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # OpenCV 5 raises (instead of returning None) over its pixel limit
+        raise InputError(f"compressed image ({kind}, {len(data)} bytes) could not be decoded (OpenCV: {e.err})") from e
     if bgr is None:
         raise InputError(f"compressed image ({kind}, {len(data)} bytes) could not be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
