@@ -140,6 +140,9 @@ class ReasonService:
         except VisaEdgeError as e:
             self.metrics.failed += 1
             return Answer(400, {"error": str(e)})
+        except Exception as e:  # one request's failure must not fail the others in its batch
+            self.metrics.failed += 1
+            return Answer(500, {"error": f"{type(e).__name__}: {e}"})
         self.metrics.answered += 1
         timings = {"visual_tokens_batch": encode_s, "frames_encoded_in_batch": encoded, **result.timings}
         return Answer(200, {"status": "ok", **encode_masks(result.masks), "timings": timings})
