@@ -790,3 +790,13 @@ def test_compressed_ros_image_that_cannot_be_decoded(tmp_path, how):
     data = {"huge-png": path.read_bytes(), "random": np.random.default_rng(6).bytes(512), "empty": b""}[how]
     with pytest.raises(InputError, match=r"compressed image \(png, \d+ bytes\) could not be decoded"):
         decode_compressed("png", data)
+
+
+@pytest.mark.parametrize("fps", [0, -1, float("nan"), float("inf"), "30", None])
+@pytest.mark.parametrize("where", ["folder", "paced"])
+def test_bad_frame_rate(frames_dir, fps, where):
+    from visa_edge.runtime.streaming.sources import ImageFolderSource, Paced
+
+    with pytest.raises(InputError) as e:
+        ImageFolderSource(frames_dir, fps=fps) if where == "folder" else Paced(ImageFolderSource(frames_dir), fps)
+    assert (str(frames_dir) if where == "folder" else "rate") in str(e.value) and "frame rate" in str(e.value)

@@ -9,6 +9,7 @@ Live sources (camera, push) can outrun the consumer; their queue is bounded and 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -40,6 +41,13 @@ class Frame:
     name: str  # output file stem (source file name, else the zero-padded index)
 
 
+def check_rate(fps: float, what: str) -> float:
+    """``fps`` if it is a positive finite frame rate, else InputError naming ``what``."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise InputError(f"{what}: frame rate {fps!r}; expected a positive finite number of frames per second")
+    return float(fps)
+
+
 class FrameSource:
     """Iterable of Frames. ``live`` sources deliver in real time and may drop frames."""
 
@@ -57,7 +65,7 @@ class FrameListSource(FrameSource):
     """Frames already in memory (generated clips, tests)."""
 
     def __init__(self, frames: list[Frame], fps: float = 30.0):
-        self.frames, self.fps = frames, fps
+        self.frames, self.fps = frames, check_rate(fps, "frame list")
 
     def __iter__(self) -> Iterator[Frame]:
         return iter(self.frames)
@@ -73,7 +81,7 @@ class ImageFolderSource(FrameSource):
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise InputError(f"{self.folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-        self.fps = fps
+        self.fps = check_rate(fps, str(self.folder))
 
     def __iter__(self) -> Iterator[Frame]:
         for i, path in enumerate(self.files):
@@ -294,9 +302,7 @@ class Paced(FrameSource):
     """Plays a recorded source at camera rate (sleeps until each frame's due time), as if live."""
 
     def __init__(self, source: FrameSource, fps: float):
-        if fps <= 0:
-            raise InputError(f"rate {fps}: expected a positive frame rate")
-        self.source, self.period = source, 1.0 / fps
+        self.source, self.period = source, 1.0 / check_rate(fps, "rate")
 
     def __iter__(self) -> Iterator[Frame]:
         start = time.monotonic()
