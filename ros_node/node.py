@@ -94,6 +94,22 @@ class RosoutHandler(logging.Handler):
             self.logger.debug(text)
 
 
+_routing_lock = threading.Lock()
+_routing: list[logging.Handler] = []  # handlers of the live nodes; warnings are captured while any is
+
+
+def route_python_logs(handler: logging.Handler, on: bool) -> None:
+    """Attach (``on``) or detach a node's handler to LOGGERS; the warnings module goes through logging
+    (``py.warnings``) while at least one node routes."""
+    with _routing_lock:
+        if on == (handler in _routing):
+            return
+        for name in LOGGERS:
+            (logging.getLogger(name).addHandler if on else logging.getLogger(name).removeHandler)(handler)
+        (_routing.append if on else _routing.remove)(handler)
+        logging.captureWarnings(bool(_routing))
+
+
 class _VisaEdge:
     """The node's behaviour, shared by the plain (VisaEdgeNode) and managed (ManagedVisaEdgeNode) nodes.
 
@@ -125,9 +141,7 @@ class _VisaEdge:
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._log_handler = RosoutHandler(self.get_logger())
-        for name in LOGGERS:
-            logging.getLogger(name).addHandler(self._log_handler)
-        logging.captureWarnings(True)
+        route_python_logs(self._log_handler, True)
 
     # --- parameters ----------------------------------------------------------------------
 
@@ -149,20 +163,19 @@ class _VisaEdge:
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params) -> None:
-        new = {p.name: p.value for p in params if p.name in DYNAMIC}
+        new = {p.name: p.value for p in params if p.name in DYNAMIC and p.value != self.values[p.name]}
         self.values.update(new)
         self.config = node_config(self.values)
-        if self.runtime is not None and new:
+        if self.runtime is not None:
             self._apply_stream_parameters()
         if new:
             self.get_logger().info(f"parameters changed: {new}")
 
     def _show_stream_parameters(self) -> None:
         """Set the dynamic stream parameters to the runtime's values (a ready runtime's config wins)."""
-        cfg = self.runtime.config
-        self.set_parameters_atomically([Parameter("every_frames", value=cfg.every_frames or 0),
-                             Parameter("every_seconds", value=float(cfg.every_seconds or 0.0)),
-                             Parameter("min_confidence", value=float(cfg.min_confidence))])
+        kinds = {p.name: type(p.default) for p in PARAMETERS}
+        self.set_parameters_atomically([Parameter(n, value=kinds[n](getattr(self.runtime.config, n) or 0))
+                                        for n in STREAM_DYNAMIC])
 
     def _apply_stream_parameters(self) -> None:
         """Replace the runtime's (frozen) StreamConfig: it is read on every frame."""
@@ -273,8 +286,7 @@ class _VisaEdge:
             self._deactivate()
         if self.runtime is not None:
             self._cleanup()
-        for name in LOGGERS:
-            logging.getLogger(name).removeHandler(self._log_handler)
+        route_python_logs(self._log_handler, False)
 
     # --- callbacks -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -509,6 +510,10 @@ def test_python_logging_goes_to_rosout(context, probe):
     with running_node(context, probe, runtime):
         logging.getLogger("visa_edge.runtime.test").warning("disk %s almost full", "/data")
         assert probe.call("wait_rosout", text="almost full") == (30, "[visa_edge.runtime.test] disk /data almost full")
+        warnings.warn("frame resized", RuntimeWarning)
+        level, line = probe.call("wait_rosout", text="frame resized")
+        assert level == 30 and line.startswith("[py.warnings] ") and "RuntimeWarning: frame resized" in line
+    assert not logging.getLogger("py.warnings").handlers  # detached with the node
 
 
 def test_managed_node_lifecycle_over_services(context, probe):
