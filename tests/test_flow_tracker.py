@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from visa_edge.benchmarks.davis_tracker import group_means
 from visa_edge.benchmarks.davis_tracker import run as run_davis
 from visa_edge.runtime.cli import main
 from visa_edge.runtime.errors import InputError
@@ -17,10 +18,12 @@ from visa_edge.runtime.tracking.base import Tracker
 from visa_edge.runtime.tracking.flow import FlowTracker
 from visa_edge.runtime.vos_metrics import jaccard
 
-# Measured J&F over the first 30 frames of the five shared DAVIS 2016 sequences (frames 1..29
-# scored): 0.740 (full sequences: 0.659, benchmarks/RESULTS.md). The margin absorbs OpenCV
-# version differences in DIS flow.
-DAVIS_FIRST_30_JF = 0.740
+# Measured J&F over the first 20 frames of the shared DAVIS 2016 sequences (frames 1..19 scored),
+# separately on the sequences the defaults were chosen on (blackswan, car-shadow, dog) and on the
+# held-out ones (bmx-trees, kite-surf); full sequences in benchmarks/RESULTS.md. The margin
+# absorbs OpenCV version differences in DIS flow.
+DAVIS_FIRST_20_TUNED_JF = 0.857
+DAVIS_FIRST_20_HELD_OUT_JF = 0.630
 DAVIS_MARGIN = 0.03
 
 
@@ -146,11 +149,13 @@ def test_bad_inputs_are_clear_errors(clip, tmp_path):
 
 
 def test_davis_first_frames(davis):
-    score, _ = run_davis(davis, max_frames=30)
+    score, runs = run_davis(davis, max_frames=20)
     assert len(score.sequences) == 5
-    assert score.jf >= DAVIS_FIRST_30_JF - DAVIS_MARGIN
+    groups = group_means(runs)
+    assert groups["tuned"] >= DAVIS_FIRST_20_TUNED_JF - DAVIS_MARGIN
+    assert groups["held_out"] >= DAVIS_FIRST_20_HELD_OUT_JF - DAVIS_MARGIN
     blackswan = next(s for s in score.sequences if s.name == "blackswan")
-    assert blackswan.jf >= 0.93  # measured 0.949: a slow object on water must stay near perfect
+    assert blackswan.jf >= 0.93  # measured 0.950: a slow object on water must stay near perfect
 
 
 def write_clip(folder, frames, masks):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ..backends import Engine
 from ..errors import InputError
@@ -37,13 +38,17 @@ def tracker_factory(
     device: str = "cpu",
     engines: Mapping[str, Engine] | None = None,
     cache_frames: int = CACHE_FRAMES,
+    config: Any = None,
 ) -> TrackerFactory:
-    """``flow`` (weight-free) or ``xmem`` (needs the XMem.pth ``checkpoint`` unless ``engines`` cover it)."""
+    """``flow`` (weight-free) or ``xmem`` (needs the XMem.pth ``checkpoint`` unless ``engines`` cover it).
+
+    ``config``: the trackers' ``FlowTrackerConfig`` / ``XMemConfig`` (None: the defaults).
+    """
     cache = FeatureCache(cache_frames)
     if kind == "flow":
         from .flow import FlowTracker
 
-        return TrackerFactory(lambda shared: FlowTracker(cache=shared), cache)
+        return TrackerFactory(lambda shared: FlowTracker(config, cache=shared), cache)
     if kind == "xmem":
         from .xmem import XMemTracker
         from .xmem.networks import XMEM_NETWORKS
@@ -51,6 +56,7 @@ def tracker_factory(
         given = {k: v for k, v in (engines or {}).items() if k in XMEM_NETWORKS}
         if checkpoint is None and set(XMEM_NETWORKS) - set(given):
             raise InputError("tracker xmem: needs --xmem PATH to XMem.pth (or engines for all its networks)")
-        base = XMemTracker.from_checkpoint(checkpoint, device=device, engines=given) if checkpoint else XMemTracker(given, device=device)
+        base = (XMemTracker.from_checkpoint(checkpoint, config, device=device, engines=given) if checkpoint
+                else XMemTracker(given, config, device=device))
         return TrackerFactory(lambda shared: XMemTracker(base.engines, base.config, base.device, cache=shared), cache)
     raise InputError(f"tracker {kind!r}: expected one of {TRACKERS}")
