@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .davis_tracker import DEFAULT_DAVIS, run, sequence_names
+from .davis_tracker import DEFAULT_DAVIS, HELD_OUT, TUNED, group_means, run, sequence_names
 
 DAVIS_DEFAULT = DEFAULT_DAVIS
 
@@ -41,5 +41,8 @@ def davis_quality(davis: Path, settings: QualitySettings) -> dict:
         "J": score.j,
         "F": score.f,
         "JF": score.jf,
+        "JF_by_group": group_means(runs),  # the tracker's defaults were chosen on TUNED only
+        "tuned_on": list(TUNED),
+        "held_out": list(HELD_OUT),
         "tracker_fps": frames / seconds,
     }
