@@ -50,9 +50,9 @@ _OPTIONAL = {p.name for p in stream_parameters() if p.optional}  # None-able fie
 NODE_PARAMS = (
     Param("query", "", "initial query (the `query` topic sets or replaces it; empty: paused)"),
     Param("compressed", False, "subscribe to `image` as sensor_msgs/CompressedImage (jpeg/png) instead of Image"),
-    Param("input_qos", "sensor_data", f"QoS of the image subscription: {' | '.join(QOS_NAMES)}"),
-    Param("input_depth", 5, "history depth of the image subscription"),
-    Param("output_qos", "reliable", f"QoS of mask, mask_roi, overlay and detections: {' | '.join(QOS_NAMES)}"),
+    Param("input_qos", "sensor_data", f"QoS of the image and camera_info subscriptions: {' | '.join(QOS_NAMES)}"),
+    Param("input_depth", 5, "history depth of the image and camera_info subscriptions"),
+    Param("output_qos", "reliable", f"QoS of the per-frame outputs (mask, mask_info, mask_roi, ...): {' | '.join(QOS_NAMES)}"),
     Param("output_depth", 10, "history depth of the output publishers"),
     Param("queue_size", 2, "frames waiting for the tracker; when full the oldest is dropped (counted)"),
     Param("publish_overlay", False, "also publish `overlay` (rgb8 frame with the mask drawn on it)"),
