@@ -30,7 +30,18 @@ MAX_LAYERS = 1024
 MAX_POSITIONS = 1 << 20
 MAX_CLUSTERS = 4096
 MAX_PARAMETERS = 200_000_000_000  # 2e11: 400 GB in bf16, far above any VISA (7B, 13B)
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+# rope_scaling types and the fields each needs (numbers > 0, or lists of them for longrope),
+# and the optional numeric fields transformers reads.
+ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings", "beta_fast",
+                "beta_slow", "attention_factor", "mscale", "mscale_all_dim")
+ROPE_FIELDS = {
+    "default": (),
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "yarn": ("factor",),
+    "longrope": ("short_factor", "long_factor"),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,7 @@ class VisaConfig:
             rms_norm_eps=f.number("rms_norm_eps", 1e-6, positive=True),
             max_position_embeddings=f.integer("max_position_embeddings", 2048, lo=1, hi=MAX_POSITIONS),
             rope_theta=f.number("rope_theta", 10000.0, positive=True),
-            rope_scaling=_rope_scaling(f),
+            rope_scaling=_rope_scaling(f, hidden // heads),
             out_dim=f.integer("out_dim", 256, lo=1, hi=MAX_HIDDEN),
             mm_vision_select_layer=f.integer("mm_vision_select_layer", -2, lo=-MAX_LAYERS, hi=MAX_LAYERS),
             bos_token_id=f.integer("bos_token_id", 1, lo=0, hi=vocab - 1),
@@ -139,16 +150,28 @@ class VisaConfig:
         return cls.from_dict(read_json_object(path, "a VISA config.json", CheckpointError), source=str(path))
 
 
-def _rope_scaling(f: Fields) -> dict[str, Any] | None:
-    """``rope_scaling``: null, or an object with a known ``type``/``rope_type`` and a positive ``factor``."""
+def _rope_scaling(f: Fields, head_dim: int) -> dict[str, Any] | None:
+    """``rope_scaling``: null, or an object with a known ``type``/``rope_type`` and the numbers it needs."""
     scaling = f.optional_dict("rope_scaling")
     if not scaling:
         return None
     kind = scaling.get("rope_type", scaling.get("type"))
-    if kind not in ROPE_TYPES:
-        raise f.fail("rope_scaling", scaling, f"an object whose 'type' is one of {list(ROPE_TYPES)}")
-    if kind != "default":
-        Fields(scaling, f"{f.source} rope_scaling", CheckpointError).number("factor", positive=True)
+    if not isinstance(kind, str) or kind not in ROPE_FIELDS:
+        raise f.fail("rope_scaling", scaling, f"an object whose 'type' is one of {list(ROPE_FIELDS)}")
+    fields = Fields(scaling, f"{f.source} rope_scaling ({kind})", CheckpointError)
+    for name in ROPE_FIELDS[kind]:
+        if kind == "longrope":
+            value = scaling.get(name)
+            if not isinstance(value, list) or len(value) != head_dim // 2:
+                raise fields.fail(name, value, f"a list of head_size/2 = {head_dim // 2} positive numbers")
+            items = Fields(dict(enumerate(value)), f"{fields.source} {name}", CheckpointError)
+            for i in range(len(value)):
+                items.number(i, positive=True)
+        else:
+            fields.number(name, positive=True)
+    for name in ROPE_NUMBERS:
+        if name in scaling:
+            fields.number(name, positive=True)
     return scaling
 
 

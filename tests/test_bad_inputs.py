@@ -48,7 +48,10 @@ CONFIG_EDITS = [
     ("rope_scaling", "linear"), ("rope_scaling", [1, 2]), ("rope_scaling", 2.0), ("rope_scaling", True),
     ("rope_scaling", {"type": "bogus", "factor": 2.0}), ("rope_scaling", {"type": "linear"}),
     ("rope_scaling", {"type": "linear", "factor": -1}), ("rope_scaling", {"type": "linear", "factor": "2"}),
-    ("rope_scaling", {"factor": 2.0}),
+    ("rope_scaling", {"factor": 2.0}), ("rope_scaling", {"type": "llama3", "factor": 8.0}),
+    ("rope_scaling", {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+    ("rope_scaling", {"type": "longrope", "short_factor": "1", "long_factor": [1.0] * 8}),
+    ("rope_scaling", {"type": "yarn", "factor": 2.0, "beta_fast": "x"}), ("rope_scaling", {"type": 2, "factor": 2.0}),
     ("config", "abc"), ("config", [1]), ("config", {"use_cluster": "yes"}), ("config", {"use_cluster": False}),
     ("config", {"spatial_cluster_rate0": 0}), ("config", {"spatial_cluster_rate0": 16, "spatial_cluster_rate1": 32}),
     ("config", {"spatial_cluster_rate2": 0}), ("config", {"spatial_cluster_rate1": "x"}),
@@ -141,6 +144,23 @@ def test_good_config_still_parses(config_dict, tiny_checkpoint):
     cfg = VisaConfig.from_file(tiny_checkpoint.checkpoint / "config.json")
     assert (cfg.hidden_size, cfg.num_attention_heads, cfg.cluster.clusters) == (64, 4, (64, 32, 16))
     assert cfg.vocab_size == config_dict["vocab_size"] and cfg.llm_parameters() > 0
+
+
+@pytest.mark.parametrize("scaling", [
+    None, {"type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}, {"type": "yarn", "factor": 2.0},
+    {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+    {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8},
+], ids=lambda s: (s or {}).get("type", (s or {}).get("rope_type", "none")))
+def test_accepted_rope_scaling_builds_in_transformers(tiny_checkpoint, config_dict, tmp_path, scaling):
+    """What the config check lets through, transformers builds (head size 16: 8 longrope factors)."""
+    from transformers import LlamaForCausalLM
+
+    from visa_edge.runtime.llm import llama_config
+
+    cfg = VisaConfig.from_dict({**config_dict, "rope_scaling": scaling})
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama_config(cfg))
+    assert model.config.num_attention_heads == 4
 
 
 # --- CLIP folder ---------------------------------------------------------------------------
