@@ -48,8 +48,9 @@ def load_engines(
     if backend not in BACKENDS:
         raise EngineError(f"backend {backend!r}: expected one of {BACKENDS}")
     device = torch.device(device)
-    check_sources(manifest, sources or {}, folder)
     records = [manifest.network(n, folder) for n in (networks or manifest.networks)]
+    used = {name for r in records for name in r.sources}
+    check_sources(manifest, {k: v for k, v in (sources or {}).items() if k in used}, folder)
     if backend == "tensorrt":
         return {r.name: _tensorrt_engine(folder, manifest, r, device) for r in records}
     return {r.name: _ort_engine(folder, manifest, r, device, providers, provider_options) for r in records}
