@@ -53,7 +53,8 @@ class Fields:
     def __init__(self, data: Mapping[str, Any], source: str, error: type[VisaEdgeError]):
         self.data, self.source, self.error = data, source, error
 
-    def fail(self, name: str, found: Any, expected: str):
+    def fail(self, name: str, found: Any, expected: str) -> VisaEdgeError:
+        """The error (to raise) for field ``name`` holding ``found`` where ``expected`` was expected."""
         shown = repr(found) if not isinstance(found, (dict, list)) or len(repr(found)) < 80 else f"a JSON {_json_type(found)}"
         return self.error(f"{self.source}: field {name!r} is {shown}; expected {expected}")
 
@@ -76,6 +77,7 @@ class Fields:
         return float(value)
 
     def boolean(self, name: str, default: Any = ...) -> bool:
+        """A JSON true/false field (not 0/1, not "yes")."""
         value = self._get(name, default)
         if not isinstance(value, bool):
             raise self.fail(name, value, "true or false")
