@@ -62,6 +62,33 @@ def _decoded(frames: list[Frame], fmt: str) -> list[Frame]:
     return [Frame(f.index, f.timestamp, decode_image(encode_image(f.image, fmt), "test"), f.name) for f in frames]
 
 
+def test_serve_options_and_deployment(tmp_path):
+    """CLI options become deployment options: replicas, autoscaling, resources; a public host needs a token."""
+    from visa_edge.runtime.cli import build_parser
+    from visa_edge.runtime.errors import InputError
+    from visa_edge.serve.app import application
+    from visa_edge.serve.command import options_from
+
+    parser = build_parser()
+    base = ["serve", "--checkpoint", "c", "--clip", "k", "--device", "cpu"]
+    (tmp_path / "token").write_text(TOKEN)
+    opts = options_from(parser.parse_args([*base, "--host", "0.0.0.0", "--token-file", str(tmp_path / "token"),
+                                           "--replicas", "2", "--max-replicas", "4", "--gpus-per-replica", "0.5"]))
+    assert opts.token == TOKEN and (opts.replicas, opts.max_replicas, opts.gpus_per_replica) == (2, 4, 0.5)
+    deployment = application(opts)._bound_deployment
+    autoscaling = deployment._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (2, 4)
+    assert deployment.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 0.5}
+    fixed = application(options_from(parser.parse_args([*base, "--replicas", "3"])))._bound_deployment
+    assert fixed.num_replicas == 3 and fixed._deployment_config.autoscaling_config is None
+    with pytest.raises(InputError, match="--host 0.0.0.0: not loopback, so a --token-file is required"):
+        options_from(parser.parse_args([*base, "--host", "0.0.0.0"]))
+    with pytest.raises(InputError, match="--max-replicas 1 < --replicas 2"):
+        options_from(parser.parse_args([*base, "--replicas", "2", "--max-replicas", "1"]))
+    with pytest.raises(InputError, match="token file .*missing: No such file"):
+        options_from(parser.parse_args([*base, "--token-file", str(tmp_path / "missing")]))
+
+
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])
 def test_remote_masks_equal_local_masks(server, local, fmt):
     """Two overlapping windows (the second reuses cached tokens): the remote mask equals, pixel for pixel,
