@@ -8,9 +8,12 @@ the mask and steps it through the frames the live tracker has already tracked si
 live tracker cached in the factory's ``FeatureCache``), then swaps it in, in O(1) under the
 tracker lock, as soon as it has seen every frame the live tracker has. A pass steps at most
 ``catchup_max_steps`` frames (a longer backlog is subsampled, evenly, ending at the newest);
-after ``catchup_passes`` passes the tracker is swapped in anyway (counted as forced). While
-nothing is published yet (stream start, new query: no features are cached, the catch-up is
-slow) the result is first pasted on the newest frame ("naive"), then replaced once caught up.
+after ``catchup_passes`` passes the tracker is swapped in anyway (counted as forced; the live
+tracker then jumps over the frames left). For a live source, a catch-up whose steps each take
+a camera period or more cannot converge (the CPU is short): it is abandoned and the published
+tracker kept. While nothing is published yet (stream start, new query: no features are
+cached, the catch-up is slow) the result is first pasted on the newest frame ("naive"), then
+replaced once caught up.
 
 The live path never waits behind a catch-up: the worker steps without holding the lock. For
 a live source (``process(..., live=True)``) a frame that would be published more than
@@ -226,7 +229,8 @@ class RuntimeStats:
     workers_abandoned: int = 0  # worker threads left running (hung step, or close() timed out)
     results_discarded: int = 0  # results for an old query or stream, or whose frame left the buffer
     catchup_frames: int = 0  # frames re-tracked after re-anchoring
-    catchup_forced: int = 0  # swaps after catchup_passes with frames still behind
+    catchup_forced: int = 0  # swaps with frames still behind (out of passes, or nothing published yet)
+    catchup_abandoned: int = 0  # catch-ups given up: their steps were slower than the camera (live sources)
     pasted: int = 0  # first masks published as a naive paste while their catch-up ran
     resets: int = 0
     last_error: str | None = None
@@ -580,45 +584,62 @@ class StreamingRuntime:
         self.stats.reasoning_s.append(time.monotonic() - t0)
         self.stats.reasoning_completed += 1
         latency = {**result.timings, "reasoning": self.stats.reasoning_s[-1]}
-        if self._catch_up(epoch, generation, window[-1], mask, latency):
+        outcome = self._catch_up(epoch, generation, window[-1], mask, latency)
+        if outcome == "swapped":
             self.stats.catchup_s.append(latency["catchup"])
+        elif outcome == "abandoned":
+            self.stats.catchup_abandoned += 1
         else:
             self.stats.results_discarded += 1
 
-    def _catch_up(self, epoch: int, generation: int, anchor: Frame, mask: np.ndarray, latency: dict[str, float]) -> bool:
+    def _catch_up(self, epoch: int, generation: int, anchor: Frame, mask: np.ndarray, latency: dict[str, float]) -> str:
         """Anchor a fresh tracker at ``anchor``, step it through the frames the live tracker has
         tracked since, and swap it in once it has seen all of them (see the module docstring).
         ``latency`` (the step's stage timings) gains ``catchup`` and is published with the anchor.
+        Returns "swapped", "abandoned" (it could not keep up with the camera) or "discarded".
         """
         start = time.monotonic()
         self._paste_if_nothing_published(epoch, generation, anchor.index, mask, latency)
         shadow = self.tracker_factory()
         upto = anchor.index
         out = shadow.anchor(anchor.image, mask, index=anchor.index)
+        steps: deque[float] = deque(maxlen=3)
         for passes in range(1, self.config.catchup_passes + 1):
             with self._lock:
                 if not self._current(epoch, generation):
-                    return False
+                    return "discarded"
                 live_upto = self._live_upto
             if self.buffer.last_evicted > upto:
-                return False  # frames after the anchor left the buffer: cannot catch up
+                return "discarded"  # frames after the anchor left the buffer: cannot catch up
             todo = [f for f in self.buffer.after(upto) if f.index <= live_upto]
             for frame in subsample(todo, self.config.catchup_max_steps):
+                t0 = time.monotonic()
                 out, upto = shadow.step(frame.image, index=frame.index), frame.index
+                steps.append(time.monotonic() - t0)
                 self.stats.catchup_frames += 1
+                if self._cannot_keep_up(steps):
+                    with self._lock:
+                        if self._tracker is not None:
+                            return "abandoned"  # keep tracking from the published anchor
+                    break
             with self._lock:
                 if not self._current(epoch, generation) or not self._anchor_moves_on(anchor.index):
-                    return False  # a newer stream, query or anchor: anchors never go back in time
+                    return "discarded"  # a newer stream, query or anchor: anchors never go back in time
                 behind = sum(1 for f in self.buffer.after(upto) if f.index <= self._live_upto)
-                if behind == 0 or passes == self.config.catchup_passes:
+                if behind == 0 or passes == self.config.catchup_passes or self._tracker is None:
                     if behind:
                         self.stats.catchup_forced += 1
                     latency["catchup"] = time.monotonic() - start
                     self._tracker, self._tracker_upto, self._tracker_out = shadow, upto, out
                     self._anchor, self._anchor_latency, self._pasted = anchor.index, latency, False
-                    return True
-        return False
+                    return "swapped"
+        return "discarded"
 
+    def _cannot_keep_up(self, steps: Sequence[float]) -> bool:
+        """Live sources: the last catch-up steps each took a camera period or more (the CPU is short)."""
+        if len(steps) < steps.maxlen or len(self._periods) < 2:
+            return False
+        return min(steps) >= float(np.median(self._periods))
 
     def _anchor_moves_on(self, index: int) -> bool:
         """Whether an anchor at ``index`` may replace the published one (holding ``_lock``): a newer
@@ -638,18 +659,12 @@ class StreamingRuntime:
         if newest is None or newest.index <= index:
             return
         paste = self.tracker_factory()
-        for passes in range(1, self.config.catchup_passes + 1):
-            out = paste.anchor(newest.image, mask, index=newest.index)
-            with self._lock:
-                if self._tracker is not None or not self._current(epoch, generation):
-                    return
-                latest = self.buffer.get(self._live_upto)
-                if latest is None or latest.index == newest.index or passes == self.config.catchup_passes:
-                    self._tracker, self._tracker_upto, self._tracker_out = paste, newest.index, out
-                    self._anchor, self._anchor_latency, self._pasted = index, dict(latency), True
-                    self.stats.pasted += 1
-                    return
-            newest = latest  # a frame was tracked meanwhile: paste on it instead (anchoring is cheap)
+        out = paste.anchor(newest.image, mask, index=newest.index)
+        with self._lock:  # frames tracked meanwhile are jumped over by the live tracker's next step
+            if self._tracker is None and self._current(epoch, generation):
+                self._tracker, self._tracker_upto, self._tracker_out = paste, newest.index, out
+                self._anchor, self._anchor_latency, self._pasted = index, dict(latency), True
+                self.stats.pasted += 1
 
 
 def subsample(frames: list[Frame], n: int) -> list[Frame]:
