@@ -32,13 +32,13 @@ prototypes of nearly equal usage may swap rank. The prototype *set* only changes
 element sits at the 128th-usage cut (gaps 2e-3 to 8e-3 here). Long-term elements are compared by
 identity (consolidation frame, candidate index), since their order follows the ranking.
 
-Run time: two 12-frame full-size runs, measured 65-105 s each on the shared 2-core CPU machine.
+Run time: two 12-frame full-size runs, each run once per session; the key-encoder outputs of
+the frames come from one cache shared with tests/test_xmem_multi_golden.py (xmem_golden_support).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from .xmem_golden_support import FEATURES, RecordingCache, RecordingEngine, checkpoints as golden_checkpoints
+from .xmem_golden_support import load_make_weights, video as golden_video, weights as golden_weights
 
 from visa_edge.runtime.tracking.xmem import XMemConfig, XMemTracker, soft_iou_confidence
 from visa_edge.runtime.tracking.xmem import frames as xframes
@@ -66,36 +67,25 @@ def max_abs(a, b) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
-def load_make_weights(folder: Path):
-    spec = importlib.util.spec_from_file_location("xmem_make_weights", folder / "make_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def make_weights(golden_xmem):
     return load_make_weights(golden_xmem)
 
 
 @pytest.fixture(scope="module")
-def weights(golden_xmem, make_weights) -> dict[str, np.ndarray]:
-    return make_weights.generate(json.loads((golden_xmem / "xmem_state_dict_shapes.json").read_text()))
+def weights(golden_xmem) -> dict[str, np.ndarray]:
+    return golden_weights(golden_xmem)
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, weights, make_weights) -> dict[str, Path]:
+def checkpoints(golden_xmem) -> dict[str, Path]:
     """The generated weights as the official .pth layout and as .safetensors."""
-    folder = tmp_path_factory.mktemp("xmem_weights")
-    pth, st = folder / "xmem_random.pth", folder / "xmem_random.safetensors"
-    torch.save({k: torch.from_numpy(v.copy()) for k, v in weights.items()}, pth)
-    make_weights.write_safetensors(str(st), weights)
-    return {"pth": pth, "safetensors": st}
+    return golden_checkpoints(golden_xmem)
 
 
 @pytest.fixture(scope="module")
-def video(golden_xmem) -> list[np.ndarray]:
-    return [np.array(Image.open(golden_xmem / "frames" / f"{i:05d}.png").convert("RGB")) for i in range(N_FRAMES)]
+def video(golden_xmem) -> tuple[np.ndarray, ...]:
+    return golden_video(golden_xmem, N_FRAMES)
 
 
 @pytest.fixture(scope="module")
@@ -160,30 +150,18 @@ class RunRecord:
             self.value[frame] = outputs["value"][0].numpy().copy()
 
 
-class RecordingEngine:
-    """Passes calls to an engine and reports inputs/outputs to a RunRecord."""
-
-    def __init__(self, engine, record: RunRecord):
-        self.engine, self.record = engine, record
-        self.name, self.input_names, self.output_names = engine.name, engine.input_names, engine.output_names
-
-    def run(self, inputs):
-        outputs = self.engine.run(inputs)
-        self.record.record(self.name, inputs, outputs)
-        return outputs
-
-
-def track_golden(checkpoint: Path, config: XMemConfig, video: list[np.ndarray], mask0: np.ndarray) -> RunRecord:
+def track_golden(checkpoint: Path, config: XMemConfig, video: tuple[np.ndarray, ...], mask0: np.ndarray) -> RunRecord:
     rec = RunRecord()
     base = XMemTracker.from_checkpoint(checkpoint, config)
-    tracker = XMemTracker({n: RecordingEngine(e, rec) for n, e in base.engines.items()}, config)
+    engines = {n: e if n == "xmem_key_encoder" else RecordingEngine(e, rec.record) for n, e in base.engines.items()}
+    tracker = XMemTracker(engines, config, cache=RecordingCache(FEATURES, rec.record))
     mem = tracker.memory
     for i, frame in enumerate(video):
         rec.calls.append([])
         rec.size_at_read.append(mem.size if i else 0)
         rec.lt_at_read.append(bool(i) and mem.long_term.size > 0)
         cons, rem = mem.last_consolidation, mem.last_removal
-        out = tracker.step(frame, mask0 if i == 0 else None, end=i == N_FRAMES - 1)
+        out = tracker.step(frame, mask0 if i == 0 else None, index=i, end=i == N_FRAMES - 1)
         rec.probs.append(out.prob)
         rec.confidences.append(out.confidence)
         rec.hidden_after.append(mem.hidden[0].numpy().copy())

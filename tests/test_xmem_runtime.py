@@ -13,6 +13,7 @@ import torch
 
 from visa_edge.runtime.errors import CheckpointError, InputError
 from visa_edge.runtime.tracking.base import Tracker
+from visa_edge.runtime.tracking.cache import FeatureCache
 from visa_edge.runtime.tracking.xmem import (
     XMEM_NETWORKS,
     XMemConfig,
@@ -337,3 +338,86 @@ def test_safetensors_round_trip_and_from_checkpoint(model, tmp_path):
         np.testing.assert_array_equal(tracker.step(frames[t], mask).prob, reference.step(frames[t], mask).prob)
     # engines given for every network: the checkpoint is not read at all
     assert XMemTracker.from_checkpoint(tmp_path / "absent.pth", engines=xmem_torch_engines(model)).memory.size == 0
+
+
+# --- shared feature cache and several objects ---------------------------------------------------
+
+
+def test_catch_up_with_cached_key_features_equals_stepping_every_frame(engines):
+    """A catch-up tracker re-anchored on frame 2 re-steps frames 3..7 from the cache: same outputs, bit for bit."""
+    cache = FeatureCache(max_frames=16)
+    frames, masks = clip(8)
+    live = XMemTracker(engines, XMemConfig(**SMALL), "cpu", cache)  # the 3-positional form + cache
+    for t, frame in enumerate(frames):
+        live.step(frame, masks[0] if t == 0 else None, index=t)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 8, 8)
+
+    def catch_up(tracker: XMemTracker) -> list:
+        outs = [tracker.anchor(frames[2], masks[2], index=2)]
+        return outs + [tracker.step(frame, index=t) for t, frame in enumerate(frames[3:], 3)]
+
+    cached, computed = XMemTracker(engines, XMemConfig(**SMALL), cache=cache), XMemTracker(engines, XMemConfig(**SMALL))
+    cached_outs = catch_up(cached)
+    assert (cache.hits, cache.misses) == (6, 8)  # frames 2..7 came from the cache
+    computed_outs = catch_up(computed)
+    assert (cache.hits, cache.misses) == (6, 8)  # a tracker without the cache computes everything
+    for a, b in zip(cached_outs, computed_outs):
+        np.testing.assert_array_equal(a.prob, b.prob)
+        assert a.confidence == b.confidence
+    torch.testing.assert_close(cached.memory.hidden, computed.memory.hidden, rtol=0, atol=0)
+    torch.testing.assert_close(cached.memory.long_term.key, computed.memory.long_term.key, rtol=0, atol=0)
+
+
+def labelled_clip(n: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The moving square split into objects 1 (left half) and 2 (right half), plus object 3 (a fixed patch) for frame 3."""
+    frames, masks = clip(n)
+    labels = masks[0].astype(np.uint8)
+    cols = np.nonzero(masks[0].any(0))[0]
+    labels[:, cols[len(cols) // 2] :] *= 2
+    late = np.zeros((H, W), np.uint8)
+    late[32:44, 44:60] = 3
+    return frames, labels, late
+
+
+def test_several_objects_groups_hidden_states_and_outputs(engines):
+    frames, labels, late = labelled_clip(8)
+    tracker = XMemTracker(engines, XMemConfig(**{**SMALL, "mem_every": 2}))
+    out = tracker.step(frames[0], labels)
+    assert out.objects == (1, 2) and out.object_probs.shape == (2, H, W) and out.object_confidences == pytest.approx((1, 1), abs=1e-6)
+    np.testing.assert_array_equal(out.labels, labels)
+    assert tracker.memory.groups == [2] and tracker.memory.hidden.shape[0] == 2
+    out = tracker.step(frames[1])
+    assert out.objects == (1, 2) and np.all(out.object_probs.sum(0) <= 1 + 1e-6)
+    tracker.step(frames[2])
+    out = tracker.step(frames[3], late)  # object 3 added: a new group; objects 1, 2 keep their predictions
+    assert out.objects == (1, 2, 3) and tracker.memory.groups == [2, 1]
+    assert [tracker.memory.working.value_size(g) for g in range(2)] == [2 * HW, HW]
+    np.testing.assert_array_equal(out.object_mask(3), late == 3)
+    assert out.object_probs[:2].max() > 0.05  # not a paste over an empty map
+    assert tracker.memory.hidden.shape[0] == 3
+    for t in range(4, 8):
+        out = tracker.step(frames[t])
+        assert out.objects == (1, 2, 3) and np.isfinite(out.object_probs).all()
+        assert tracker.memory.working.value_size(1) <= tracker.memory.working.size
+    assert len(out.object_confidences) == 3 and all(0 <= c <= 1 for c in out.object_confidences)
+
+
+def test_single_object_label_image_matches_the_binary_mask(engines):
+    """Object 1 given as a label image or a 0/1 bool mask: the same tracker; another id is carried through."""
+    frames, masks = clip(3)
+    a, b, c = (XMemTracker(engines, XMemConfig(**SMALL)) for _ in range(3))
+    for t, frame in enumerate(frames):
+        m = masks[0] if t == 0 else None
+        oa = a.step(frame, m)
+        ob = b.step(frame, None if m is None else m.astype(bool))
+        oc = c.step(frame, None if m is None else m * 7)
+        np.testing.assert_array_equal(oa.prob, ob.prob)
+        np.testing.assert_array_equal(oa.prob, oc.prob)
+        assert oa.objects == (1,) and oa.probs is None and oc.objects == (7,)
+        np.testing.assert_array_equal(oc.labels, oa.mask * 7)
+
+
+def test_bad_object_ids_are_input_errors(engines):
+    frames, masks = clip(1)
+    with pytest.raises(InputError, match=r"object ids \[300\]"):
+        XMemTracker(engines, XMemConfig(**SMALL)).step(frames[0], masks[0].astype(np.int64) * 300)

@@ -31,11 +31,14 @@ def check_frame(frame: np.ndarray, what: str = "frame") -> np.ndarray:
 
 
 def check_mask(mask: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
-    """A mask as bool [H,W] (non-zero = object); InputError unless it is 2-D with the frame's H,W."""
+    """A reference as an integer label image [H,W]; InputError unless it is a 2-D array with the frame's H,W.
+
+    Integer arrays are label images; boolean and float arrays are 0/1 masks (non-zero = object 1).
+    """
     if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.shape != tuple(frame_shape[:2]):
         shape = getattr(mask, "shape", type(mask).__name__)
-        raise InputError(f"mask: expected a 0/1 array [H,W] = {tuple(frame_shape[:2])} like its frame, got {shape}")
-    return mask != 0
+        raise InputError(f"mask: expected a label image or 0/1 mask [H,W] = {tuple(frame_shape[:2])} like its frame, got {shape}")
+    return mask if np.issubdtype(mask.dtype, np.integer) else (mask != 0).astype(np.uint8)
 
 
 def processing_size(height: int, width: int, shorter_side: int | None) -> tuple[int, int]:

@@ -16,6 +16,16 @@ memory frames (HW = h*w per frame). Numerics follow the original (``MemoryManage
   frames: the first memory frame and the newest ones (the original grows without bound).
 * The readout sums the k selected values per query position (``embedding_bag``) instead of
   a dense N x HW affinity matmul: the same sum in another order, ~5x faster on CPU.
+
+Several objects: objects first given on the same frame form an *object group*. Keys are shared
+by all objects; a group has values only for the memory elements written since its first frame,
+the last ``n`` elements of each store (``MemoryStore.values[g]``). Group 0 reads all memory;
+group g > 0 runs its own top-k softmax over only the elements it has values for, and usage is
+counted from group 0, as in the original. Past what the original supports (reached by neither
+golden fixture): a consolidation gives every prototype a value in every group that has candidates
+(a softmax over that group's candidates; the original keeps only the prototypes inside the
+group's range, misaligning its values with the keys), and long-term eviction works with several
+groups (the original raises NotImplementedError).
 """
 
 from __future__ import annotations
@@ -68,13 +78,17 @@ def weighted_rows(rows: torch.Tensor, weights: torch.Tensor, indices: torch.Tens
 
 
 class MemoryStore:
-    """Keys [C,N], shrinkage [N], selection [C,N] (optional), values [N,O*CV] (one row per element), usage [N]."""
+    """Keys [C,N], shrinkage [N], selection [C,N] (optional), usage [N], and values per object group.
+
+    ``values[g]`` [n_g, O_g*CV] holds group g's values of the *last* n_g elements (one row per
+    element, the group's objects side by side); group 0 covers every element.
+    """
 
     def __init__(self):
         self.key: torch.Tensor | None = None
         self.shrinkage: torch.Tensor | None = None
         self.selection: torch.Tensor | None = None
-        self.value: torch.Tensor | None = None
+        self.values: list[torch.Tensor] = []
         self.use_count: torch.Tensor | None = None
         self.life_count: torch.Tensor | None = None
 
@@ -82,32 +96,47 @@ class MemoryStore:
     def size(self) -> int:
         return 0 if self.key is None else self.key.shape[1]
 
-    def add(self, key: torch.Tensor, shrinkage: torch.Tensor, value: torch.Tensor, selection: torch.Tensor | None) -> None:
-        """Append elements with fresh counters (use 0, life 1e-7)."""
+    def value_size(self, group: int) -> int:
+        """How many (trailing) elements group ``group`` has values for."""
+        return self.values[group].shape[0] if group < len(self.values) else 0
+
+    def add(
+        self, key: torch.Tensor, shrinkage: torch.Tensor, values: list[torch.Tensor | None], selection: torch.Tensor | None
+    ) -> None:
+        """Append elements with fresh counters (use 0, life 1e-7); ``values[g]`` [n, O_g*CV] or None (group g has none)."""
         n = key.shape[1]
         use = torch.zeros(n, dtype=torch.float32, device=key.device)
         life = torch.full((n,), LIFE_START, dtype=torch.float32, device=key.device)
+        for g, value in enumerate(values):
+            if value is None:
+                continue
+            if g < len(self.values):
+                self.values[g] = torch.cat([self.values[g], value])
+            else:
+                self.values.extend(value[:0] for _ in range(len(self.values), g))  # groups without values yet
+                self.values.append(value)
         if self.key is None:
-            self.key, self.shrinkage, self.value, self.selection = key, shrinkage, value, selection
+            self.key, self.shrinkage, self.selection = key, shrinkage, selection
             self.use_count, self.life_count = use, life
             return
         self.key = torch.cat([self.key, key], dim=1)
         self.shrinkage = torch.cat([self.shrinkage, shrinkage])
-        self.value = torch.cat([self.value, value])
         if selection is not None:
             self.selection = torch.cat([self.selection, selection], dim=1)
         self.use_count = torch.cat([self.use_count, use])
         self.life_count = torch.cat([self.life_count, life])
 
     def keep(self, index: torch.Tensor) -> None:
-        """Keep only the elements at ``index`` (long indices or a bool mask), counters included."""
-        self.key = self.key[:, index]
-        self.shrinkage = self.shrinkage[index]
-        self.value = self.value[index]
+        """Keep only the elements at ``index`` (ascending long indices or a bool mask), counters and group values included."""
+        kept = torch.zeros(self.size, dtype=torch.bool, device=self.key.device)
+        kept[index] = True
+        self.values = [v[kept[self.size - v.shape[0] :]] for v in self.values]
+        self.key = self.key[:, kept]
+        self.shrinkage = self.shrinkage[kept]
         if self.selection is not None:
-            self.selection = self.selection[:, index]
-        self.use_count = self.use_count[index]
-        self.life_count = self.life_count[index]
+            self.selection = self.selection[:, kept]
+        self.use_count = self.use_count[kept]
+        self.life_count = self.life_count[kept]
 
     def count_usage(self, usage: torch.Tensor) -> None:
         """One read: use += affinity mass each element received, life += 1."""
@@ -126,7 +155,7 @@ class Consolidation:
     indices: torch.Tensor  # [P] prototype indices into the candidates, usage-descending
     key: torch.Tensor  # [C,P]
     shrinkage: torch.Tensor  # [P]
-    value: torch.Tensor  # [P,O*CV]
+    value: torch.Tensor  # [P,O*CV] of object group 0
 
 
 @dataclass
@@ -160,35 +189,59 @@ class XMemMemory:
     def size(self) -> int:
         return self.working.size + self.long_term.size
 
+    @property
+    def groups(self) -> list[int]:
+        """Number of objects in each object group, in object order."""
+        return [v.shape[1] // self.value_dim for v in self.working.values]
+
     def read(self, query_key: torch.Tensor, query_selection: torch.Tensor) -> torch.Tensor:
-        """Readout [O,CV,h,w] for a query key / selection [1,C,h,w]; counts usage."""
+        """Readout [O,CV,h,w] (all objects, group by group) for a query key / selection [1,C,h,w]; counts usage."""
         h, w = query_key.shape[-2:]
         qk, qe = query_key[0].flatten(1), query_selection[0].flatten(1)
         lt, wm = self.long_term, self.working
         if lt.size:
             key = torch.cat([lt.key, wm.key], dim=1)
             shrinkage = torch.cat([lt.shrinkage, wm.shrinkage])
-            values = torch.cat([lt.value, wm.value])
         else:
-            key, shrinkage, values = wm.key, wm.shrinkage, wm.value
-        weights, indices = topk_softmax(similarity(key, shrinkage, qk, qe), self.config.top_k)
-        if self.config.enable_long_term:
-            usage = torch.zeros(key.shape[1], dtype=torch.float32, device=key.device)
-            usage.index_add_(0, indices.flatten(), weights.flatten())
-            wm.count_usage(usage[lt.size :])
-            if lt.size and self.config.enable_long_term_count_usage:
-                lt.count_usage(usage[: lt.size])
-        readout = weighted_rows(values, weights, indices)  # [HW, O*CV]
-        return readout.t().reshape(-1, self.value_dim, h, w)
+            key, shrinkage = wm.key, wm.shrinkage
+        sim = similarity(key, shrinkage, qk, qe)
+        readouts = []
+        for g in range(len(wm.values)):
+            n_lt, n_wm = lt.value_size(g), wm.value_size(g)
+            if n_lt + n_wm == key.shape[1]:
+                group_sim = sim
+                values = torch.cat([lt.values[g], wm.values[g]]) if n_lt else wm.values[g]
+            else:  # a later group: its own softmax over only the elements it has values for
+                rows = torch.cat([torch.arange(lt.size - n_lt, lt.size), torch.arange(key.shape[1] - n_wm, key.shape[1])])
+                group_sim = sim[rows.to(sim.device)]
+                values = torch.cat([lt.values[g], wm.values[g]]) if n_lt else wm.values[g]
+            weights, indices = topk_softmax(group_sim, self.config.top_k)
+            if g == 0 and self.config.enable_long_term:
+                usage = torch.zeros(key.shape[1], dtype=torch.float32, device=key.device)
+                usage.index_add_(0, indices.flatten(), weights.flatten())
+                wm.count_usage(usage[lt.size :])
+                if lt.size and self.config.enable_long_term_count_usage:
+                    lt.count_usage(usage[: lt.size])
+            readouts.append(weighted_rows(values, weights, indices))  # [HW, O_g*CV]
+        return torch.cat([r.t().reshape(-1, self.value_dim, h, w) for r in readouts])
 
     def add(self, key: torch.Tensor, shrinkage: torch.Tensor, selection: torch.Tensor, value: torch.Tensor) -> None:
-        """Insert one memory frame (key/selection [1,C,h,w], shrinkage [1,1,h,w], value [O,CV,h,w]), then bound the memory."""
+        """Insert one memory frame (key/selection [1,C,h,w], shrinkage [1,1,h,w], value [O,CV,h,w]), then bound the memory.
+
+        ``value`` holds every object in object order; objects beyond those already in memory form a new group.
+        """
         self.frame_elements = key.shape[-2] * key.shape[-1]
         self.value_dim = value.shape[1]
+        rows = value.flatten(2).permute(2, 0, 1)  # [HW, O, CV]
+        values, first = [], 0
+        for count in [*self.groups, value.shape[0] - sum(self.groups)]:
+            if count:
+                values.append(rows[:, first : first + count].reshape(self.frame_elements, -1))
+            first += count
         self.working.add(
             key[0].flatten(1),
             shrinkage.flatten(),
-            value.flatten(2).permute(2, 0, 1).reshape(self.frame_elements, -1),
+            values,
             selection[0].flatten(1) if self.config.enable_long_term else None,
         )
         cfg = self.config
@@ -229,22 +282,32 @@ class XMemMemory:
 
         Candidates: every working element except the first frame and the newest
         ``min_mid_term_frames - 1`` frames. Prototypes: the most used candidates; their values
-        and shrinkage are a full softmax readout over the candidates ("potentiation").
+        and shrinkage are a full softmax readout over the candidates ("potentiation"), per
+        object group over the candidates that group has values for.
         """
         wm, hw = self.working, self.frame_elements
         start, end = hw, wm.size - (self.config.min_mid_term_frames - 1) * hw
-        cand_key, cand_shrinkage = wm.key[:, start:end], wm.shrinkage[start:end]
-        cand_selection, cand_value = wm.selection[:, start:end], wm.value[start:end]
+        cand_key, cand_shrinkage, cand_selection = wm.key[:, start:end], wm.shrinkage[start:end], wm.selection[:, start:end]
         usage = wm.usage()[start:end]
         k = min(self.config.num_prototypes, end - start)
         indices = torch.topk(usage, k=k, sorted=True).indices
         proto_key = cand_key[:, indices]
         sim = similarity(cand_key, cand_shrinkage, proto_key, cand_selection[:, indices])
-        exp = torch.exp(sim - sim.amax(dim=0, keepdim=True))
-        affinity = exp / exp.sum(dim=0, keepdim=True)
-        proto_value = affinity.t() @ cand_value
-        proto_shrinkage = (cand_shrinkage[None] @ affinity)[0]
+        proto_values: list[torch.Tensor | None] = []
+        proto_shrinkage = None
+        for g, values in enumerate(wm.values):
+            n = min(end - start, max(0, end - (wm.size - values.shape[0])))  # candidates this group has values for
+            if n == 0:
+                proto_values.append(None)
+                continue
+            group_sim = sim[end - start - n :]
+            exp = torch.exp(group_sim - group_sim.amax(dim=0, keepdim=True))
+            affinity = exp / exp.sum(dim=0, keepdim=True)
+            first = values.shape[0] - (wm.size - start)  # row of candidate 0 in this group's values
+            proto_values.append(affinity.t() @ values[first + (end - start - n) : first + (end - start)])
+            if g == 0:
+                proto_shrinkage = (cand_shrinkage[None] @ affinity)[0]
         device = wm.key.device
         wm.keep(torch.cat([torch.arange(start, device=device), torch.arange(end, wm.size, device=device)]))
-        self.long_term.add(proto_key, proto_shrinkage, proto_value, None)
-        self.last_consolidation = Consolidation(usage, indices, proto_key, proto_shrinkage, proto_value)
+        self.long_term.add(proto_key, proto_shrinkage, proto_values, None)
+        self.last_consolidation = Consolidation(usage, indices, proto_key, proto_shrinkage, proto_values[0])

@@ -12,7 +12,8 @@ import torch
 
 from ...backends import Engine
 from ...errors import InputError
-from ..base import Tracker, TrackOutput, mask_objects
+from ..base import MAX_OBJECT_ID, Tracker, TrackOutput, mask_objects
+from ..cache import FeatureCache
 from . import frames
 from .checkpoint import load_xmem
 from .config import XMemConfig
@@ -55,6 +56,20 @@ def soft_iou_confidence(prob: torch.Tensor) -> float:
     return min(max(inter / union, 0.0), 1.0) if union > 0 else 0.0
 
 
+def check_objects(ids: tuple[int, ...]) -> tuple[int, ...]:
+    """The reference's object ids, or an InputError naming the ones outside 1..255."""
+    bad = [i for i in ids if not 1 <= i <= MAX_OBJECT_ID]
+    if bad:
+        raise InputError(f"XMemTracker: object ids {bad} in the reference; expected ids 1..{MAX_OBJECT_ID} (0 = background)")
+    return ids
+
+
+def others(fg: torch.Tensor) -> torch.Tensor:
+    """Value-encoder "others" planes [K,1,H,W]: per object the sum of the other objects' probabilities (zeros for one)."""
+    k = fg.shape[0]
+    return torch.stack([fg[[j for j in range(k) if j != i]].sum(0) for i in range(k)])
+
+
 def check_engines(engines: Mapping[str, Engine]) -> None:
     """InputError unless every XMem network has an engine with the expected input/output names."""
     missing = sorted(set(XMEM_NETWORKS) - set(engines))
@@ -70,16 +85,24 @@ def check_engines(engines: Mapping[str, Engine]) -> None:
 
 
 class XMemTracker(Tracker):
-    """XMem-compatible single-object tracker: the original's per-frame algorithm (InferenceCore.step).
+    """XMem-compatible tracker of one or several objects: the original's per-frame algorithm
+    (InferenceCore.step with eval.py's label bookkeeping).
 
-    Matches the original's outputs to float rounding (tests/test_xmem_golden.py). Frames are
-    RGB uint8 [H,W,3]; masks are [H,W] (non-zero = object). ``memory`` holds the working /
-    long-term memory and the hidden state; ``session`` the frame geometry and counters. Bad input:
+    Matches the original's outputs to float rounding (tests/test_xmem_golden.py,
+    tests/test_xmem_multi_golden.py). Frames are RGB uint8 [H,W,3]; masks are label images [H,W]
+    (0 = background, k = object k) or 0/1 masks (object 1). Objects keep the order in which they
+    were first given (ascending ids within a frame); objects first given on a later frame form a
+    new object group (``XMemMemory``), start from a zero hidden state, and the objects not given
+    with that frame keep their prediction, re-aggregated with the new masks. ``memory`` holds the
+    working / long-term memory and the hidden states; ``session`` the frame geometry and counters;
+    ``object_ids`` the tracked objects. ``cache`` (shared by the trackers of one factory) holds the
+    key-encoder outputs of each frame ``index``, which do not depend on the objects. Bad input:
 
     * not RGB uint8 [H,W,3], or a mask whose shape differs from its frame: InputError.
     * a frame whose size differs from the session's first frame: resized (bilinear, on the
       normalised tensor) to the session's processing size, counted in ``resized_frames`` with a
       warning; its probability map is returned at its own size.
+    * object ids outside 1..255: InputError.
     * an empty reference mask (no object): the memory is cleared, and ``step`` returns an
       all-zero map with confidence 0 until a non-empty reference arrives; the same before the
       first reference. No NaN is produced.
@@ -87,13 +110,18 @@ class XMemTracker(Tracker):
     ``confidence`` is :func:`soft_iou_confidence` of the returned map, in [0, 1].
     """
 
-    objects = 1
-
-    def __init__(self, engines: Mapping[str, Engine], config: XMemConfig | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        config: XMemConfig | None = None,
+        device: str | torch.device = "cpu",
+        cache: FeatureCache | None = None,
+    ):
         check_engines(engines)
         self.engines = dict(engines)
         self.config = config or XMemConfig()
         self.device = torch.device(device)
+        self.cache = cache
         self.resized_frames = 0
         self.reset()
 
@@ -104,6 +132,7 @@ class XMemTracker(Tracker):
         config: XMemConfig | None = None,
         device: str | torch.device = "cpu",
         engines: Mapping[str, Engine] | None = None,
+        cache: FeatureCache | None = None,
     ) -> "XMemTracker":
         """A tracker on the official XMem.pth (or .safetensors) with PyTorch engines on ``device``.
 
@@ -113,11 +142,12 @@ class XMemTracker(Tracker):
         given = dict(engines or {})
         if set(XMEM_NETWORKS) - set(given):
             given = {**xmem_torch_engines(load_xmem(path).to(device)), **given}
-        return cls(given, config, device)
+        return cls(given, config, device, cache)
 
     def reset(self) -> None:
         self.memory = XMemMemory(self.config)
         self.session: Session | None = None
+        self.object_ids: list[int] = []
 
     def anchor(self, frame: np.ndarray, mask: np.ndarray, *, objects: Sequence[int] | None = None,
                index: int | None = None) -> TrackOutput:
@@ -136,27 +166,33 @@ class XMemTracker(Tracker):
         ``end=True`` marks the last frame of a finite video: as in the original, it is not written
         to memory and the hidden state is not updated (the returned map is the same).
         """
-        if mask is not None and len(mask_objects(mask, objects)) > 1:
-            raise InputError(f"XMemTracker: {len(mask_objects(mask, objects))} objects given; it tracks one (object 1)")
         frames.check_frame(frame)
-        reference = None if mask is None else frames.check_mask(mask, frame.shape)
-        if reference is not None and not reference.any():
-            self.reset()
-        elif self.session is None and reference is not None:
-            self.session = self.new_session(frame)
+        given: tuple[int, ...] = ()
+        labels = None
+        if mask is not None:
+            labels = frames.check_mask(mask, frame.shape)
+            given = check_objects(mask_objects(labels, objects))
+            if not given:
+                self.reset()
+            elif self.session is None:
+                self.session = self.new_session(frame)
         if self.session is None:
             return TrackOutput(np.zeros(frame.shape[:2], np.float32), 0.0)
         with torch.inference_mode():
-            prob = self.track(frame, reference, end)
-            return TrackOutput(prob.contiguous().cpu().numpy(), soft_iou_confidence(prob))
+            probs = self.track(frame, labels if given else None, given, end, index).contiguous().cpu().numpy()
+        ids = tuple(self.object_ids)
+        confidences = tuple(soft_iou_confidence(torch.from_numpy(p)) for p in probs)
+        if ids == (1,):
+            return TrackOutput(probs[0], confidences[0])
+        return TrackOutput(probs[0], confidences[0], ids, probs, confidences)
 
     def new_session(self, frame: np.ndarray) -> Session:
         height, width = frame.shape[:2]
         size = frames.processing_size(height, width, self.config.shorter_side)
         return Session((height, width), size, frames.pad_amounts(*size))
 
-    def plan(self, s: Session, reference: bool, end: bool) -> FramePlan:
-        """InferenceCore's flags for frame ``s.t`` (one object: a given mask covers every object)."""
+    def plan(self, s: Session, reference: bool, every_object_given: bool, end: bool) -> FramePlan:
+        """InferenceCore's flags for frame ``s.t``: a reference for only some objects is also segmented."""
         memory_frame = (s.t - s.last_mem >= self.config.mem_every or reference) and not end
         sync = self.config.deep_update_every < 0
         if sync:
@@ -165,18 +201,22 @@ class XMemTracker(Tracker):
             deep = s.t - s.last_deep >= self.config.deep_update_every and not end
         return FramePlan(
             memory_frame=memory_frame,
-            segment=s.t > 0 and not reference,
+            segment=s.t > 0 and not every_object_given,
             deep_update=deep,
             decoder_update=(not sync or not deep) and not end,
         )
 
-    def track(self, frame: np.ndarray, reference: np.ndarray | None, end: bool) -> torch.Tensor:
-        """One InferenceCore step; returns the object probability [H,W] at the frame's size."""
+    def track(
+        self, frame: np.ndarray, labels: np.ndarray | None, given: tuple[int, ...], end: bool, index: int | None
+    ) -> torch.Tensor:
+        """One InferenceCore step; returns the object probabilities [K,H,W] at the frame's size."""
         s = self.session
         s.t += 1
-        plan = self.plan(s, reference is not None, end)
+        known = list(self.object_ids)
+        all_ids = known + sorted(set(given) - set(known))
+        plan = self.plan(s, labels is not None, set(all_ids) <= set(given), end)
         image = self.prepare_image(frame)
-        enc = self.run("xmem_key_encoder", image=image)
+        enc = self.encode_key(image, index)
         mem = self.memory
         probs = None
         if plan.segment:
@@ -185,21 +225,44 @@ class XMemTracker(Tracker):
             probs = frames.logits_to_prob(dec["logits"])
             if plan.decoder_update:
                 mem.hidden = dec["hidden_out"]
-        if reference is not None:
-            probs = frames.aggregate(self.prepare_mask(reference))
-            if mem.hidden is None:
-                mem.hidden = torch.zeros((self.objects, HIDDEN_DIM, *enc["key"].shape[-2:]), device=self.device)
+        if labels is not None:
+            probs = self.reference_probs(labels, given, all_ids, known, probs)
+            self.object_ids = all_ids
+            hidden = torch.zeros((len(all_ids), HIDDEN_DIM, *enc["key"].shape[-2:]), device=self.device)
+            mem.hidden = hidden if mem.hidden is None else torch.cat([mem.hidden, hidden[mem.hidden.shape[0] :]])
         if plan.memory_frame:
             fg = probs[1:, None]
-            others = fg.sum(0, keepdim=True) - fg
-            val = self.run("xmem_value_encoder", image=image, mask=fg, others=others, f16=enc["f16"], hidden=mem.hidden)
+            val = self.run("xmem_value_encoder", image=image, mask=fg, others=others(fg), f16=enc["f16"], hidden=mem.hidden)
             mem.add(enc["key"], enc["shrinkage"], enc["selection"], val["value"])
             s.last_mem = s.t
             if plan.deep_update:
                 mem.hidden = val["hidden_out"]
                 s.last_deep = s.t
-        prob = frames.unpad(probs[1:2], s.pads)
-        return frames.resize(prob, tuple(frame.shape[:2]))[0]
+        return frames.resize(frames.unpad(probs[1:], s.pads), tuple(frame.shape[:2]))
+
+    def reference_probs(
+        self, labels: np.ndarray, given: tuple[int, ...], all_ids: list[int], known: list[int], pred: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Aggregated probabilities [K+1,H,W] (padded) of a reference frame, as the original builds them.
+
+        Given objects get their 0/1 planes; the predictions of known objects not given are set to 0
+        where any given object is, and everything is soft-aggregated again (not pasted).
+        """
+        planes = torch.stack([self.prepare_mask(labels == i if i in given else np.zeros_like(labels, bool))[0] for i in all_ids])
+        if pred is not None:
+            pred_fg = pred[1:]
+            pred_fg[:, planes.sum(0) > 0.5] = 0
+            for k, object_id in enumerate(known):
+                if object_id not in given:
+                    planes[k] = pred_fg[k]
+        return frames.aggregate(planes)
+
+    def encode_key(self, image: torch.Tensor, index: int | None) -> dict[str, torch.Tensor]:
+        """Key-encoder outputs of the frame, from the shared cache when another tracker computed them."""
+        if self.cache is None:
+            return self.run("xmem_key_encoder", image=image)
+        name = ("xmem_key_encoder", tuple(image.shape[-2:]))
+        return self.cache.get_or_compute(index, name, lambda: self.run("xmem_key_encoder", image=image))
 
     def run(self, name: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run one engine; outputs are brought to the tracker's device."""
