@@ -1,4 +1,4 @@
-"""Soak: 10,000 small synthetic frames through the streaming runtime with a reasoner that fails every
+"""Soak: 10,000 small synthetic frames (paced at 60 fps) through the streaming runtime with a reasoner that fails every
 7th step and hangs once; memory must stay flat, every frame gets a mask, every fault is reported.
 
     visa-edge bench --config stream-soak --out DIR [--frames 10000]
@@ -22,6 +22,7 @@ from visa_edge.runtime.tracking.factory import tracker_factory
 @dataclass(frozen=True)
 class SoakSettings:
     frames: int = 10_000
+    fps: float = 60.0  # frames are paced at this rate (a camera), so catch-ups can converge
     frame_hw: tuple[int, int] = (60, 80)
     clip: int = 22  # the synthetic clip is looped
     every_frames: int = 30
@@ -74,7 +75,10 @@ def soak(settings: SoakSettings = SoakSettings(), log: Callable[[str], None] = p
     rt = StreamingRuntime(reasoner, tracker_factory("flow"), config, query="the red ellipse")
     try:
         for i in range(settings.frames):
-            r = rt.process(Frame(i, i / 30, clip[i % settings.clip], f"{i:05d}"))
+            delay = t0 + i / settings.fps - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            r = rt.process(Frame(i, i / settings.fps, clip[i % settings.clip], f"{i:05d}"))
             sources[r.mask_source] = sources.get(r.mask_source, 0) + 1
             bad_masks += r.mask.shape != (h, w) or r.mask.dtype != np.uint8
             if i % settings.rss_every == 0:

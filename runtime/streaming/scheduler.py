@@ -24,7 +24,7 @@ Triggers: a new query, every ``every_frames`` frames or ``every_seconds`` second
 ``confidence_patience`` consecutive frames with tracker confidence below ``min_confidence``;
 cadence triggers wait while a step or its catch-up is running (a query change does not). A
 failing step (an exception of any kind, or a result that is not a 0/1 mask of the frame's
-size) is counted and retried after ``retry_delay_s``; a step running longer than
+size) is counted and retried after ``retry_delay_s``; a reasoner call running longer than
 ``step_timeout_s`` is reported as hung and its worker abandoned (a daemon thread; a fresh
 one takes the next request). Frame indices must increase; ``reset()`` restarts a stream.
 """
@@ -77,8 +77,8 @@ class StreamConfig:
                                  "still behind", 1)
     max_delay_periods: float = _param(2.0, "live sources: a frame that would be published more than this many camera "
                                       "periods after capture is dropped instead of tracked (0: never drop)", 0)
-    step_timeout_s: float = _param(60.0, "a reasoning step (with its catch-up) running longer, s, is reported as hung "
-                                   "and its worker abandoned; a fresh worker takes the next request (0: never)", 0)
+    step_timeout_s: float = _param(60.0, "a reasoner call running longer, s, is reported as hung and its worker "
+                                   "abandoned; a fresh worker takes the next request (0: never)", 0)
     retry_delay_s: float = _param(0.5, "wait before retrying a failed reasoning step, s", 0)
     blocking: bool = _param(False, "wait for each reasoning result before the next frame (offline, deterministic; "
                             "not real-time)")
@@ -290,7 +290,7 @@ class StreamingRuntime:
         self._generation = 0  # bumped by a query change or reset: older results are discarded
         self._pending: tuple[int, int, str] | None = None  # (generation, target index, query)
         self._busy = False
-        self._step_started = 0.0
+        self._step_started: float | None = None  # when the running reasoner call began (None: none running)
         self._epoch = 0  # the current worker's; an abandoned worker sees another value and exits
         self._stop = False
         self._last_index: int | None = None
@@ -492,9 +492,10 @@ class StreamingRuntime:
         if not limit:
             return
         with self._cond:
-            running = time.monotonic() - self._step_started
-            if not self._busy or running <= limit:
+            if not self._busy or self._step_started is None or time.monotonic() - self._step_started <= limit:
                 return
+            running = time.monotonic() - self._step_started
+            self._step_started = None
             self._epoch += 1
             self._busy = False
             self.stats.reasoning_hung += 1
@@ -545,7 +546,6 @@ class StreamingRuntime:
                 if self._stop or self._epoch != epoch:
                     return
                 request, self._pending, self._busy = self._pending, None, True
-                self._step_started = time.monotonic()
             error = None
             try:
                 self._reason_and_anchor(epoch, *request)
@@ -571,8 +571,14 @@ class StreamingRuntime:
             return
         refs = [window[i] for i in sample_references(len(window), len(window) - 1, self.config.references)]
         self.stats.reasoning_started += 1
-        t0 = time.monotonic()
-        result = self.reasoner(refs + [window[-1]], query)
+        with self._cond:
+            t0 = self._step_started = time.monotonic()
+        try:
+            result = self.reasoner(refs + [window[-1]], query)
+        finally:
+            with self._cond:
+                if epoch == self._epoch:
+                    self._step_started = None
         if not self._current(epoch, generation):
             self.stats.results_discarded += 1
             return
