@@ -165,12 +165,12 @@ def _box(mask: np.ndarray, margin: float, pad: int) -> tuple[slice, slice]:
     return slice(max(y0 - dy, 0), min(y1 + dy, h)), slice(max(x0 - dx, 0), min(x1 + dx, w))
 
 
-def _remap(image: np.ndarray, flow: np.ndarray, border: int) -> np.ndarray:
-    """``image`` moved onto the frame by its backward ``flow`` (bilinear); keeps a trailing channel axis of 1."""
-    h, w = flow.shape[:2]
-    sample = flow + np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=2)
-    out = cv2.remap(image, sample, None, cv2.INTER_LINEAR, borderMode=border, borderValue=0)
-    return out[..., None] if image.ndim == 3 and out.ndim == 2 else out
+def _warp(source: _Memory, flow: np.ndarray, identity: np.ndarray) -> _Voter:
+    """The source's colours and label planes moved onto the frame by its backward ``flow`` (bilinear)."""
+    sample = identity + flow
+    lab = cv2.remap(source.lab, sample, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    planes = cv2.remap(source.planes, sample, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return _Voter(lab, planes.reshape(source.planes.shape))
 
 
 class FlowTracker(Tracker):
@@ -185,6 +185,7 @@ class FlowTracker(Tracker):
         self.cache = cache
         self._dis = cv2.DISOpticalFlow_create(self.config.flow_preset)
         self._dis_memory = cv2.DISOpticalFlow_create(self.config.memory_flow_preset)
+        self._identity: np.ndarray | None = None  # (x, y) of every working pixel: flow + identity = sampling map
         self.reset()
 
     def reset(self) -> None:
@@ -320,8 +321,9 @@ class FlowTracker(Tracker):
             return np.zeros((k, *self._size), np.float32), [0.0] * k
         flows = [self._previous_flow(features.grey, index)]
         flows += [self._dis_memory.calc(features.grey, m.grey, None) for m in self._sources()[1:]]
-        voters = [_Voter(_remap(m.lab, f, cv2.BORDER_REPLICATE), _remap(m.planes, f, cv2.BORDER_CONSTANT))
-                  for m, f in zip(self._sources(), flows)]
+        if self._identity is None or self._identity.shape[:2] != (h, w):
+            self._identity = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=2)
+        voters = [_warp(m, f, self._identity) for m, f in zip(self._sources(), flows)]
         motion_only = voters[0].planes > 0.5  # the previous frame's labels moved by flow alone
         candidates = np.any([v.planes > 0.5 for v in voters], axis=(0, 3))
         probs = np.zeros((h, w, k), np.float32)
