@@ -1,6 +1,7 @@
 """Streaming: frame sources, the sliding-window reasoning scheduler with tracking, sinks."""
 
-from .scheduler import FrameResult, ReasonOutput, RuntimeStats, StreamConfig, StreamingRuntime
+from .scheduler import (FrameResult, ReasonOutput, RuntimeStats, StreamConfig, StreamingRuntime, StreamParameter,
+                        stream_parameters)
 from .sources import Frame, FrameSource, PushSource, open_source
 
 __all__ = [
@@ -12,5 +13,7 @@ __all__ = [
     "RuntimeStats",
     "StreamConfig",
     "StreamingRuntime",
+    "StreamParameter",
     "open_source",
+    "stream_parameters",
 ]

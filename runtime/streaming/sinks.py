@@ -13,7 +13,8 @@ from ..errors import InputError
 from ..io import write_mask
 from .scheduler import FrameResult
 
-SOURCE_COLOURS = {"reasoning": (255, 80, 0), "tracked": (0, 200, 60), "none": (128, 128, 128), "paused": (128, 128, 128)}
+SOURCE_COLOURS = {"reasoning": (255, 80, 0), "tracked": (0, 200, 60), "none": (128, 128, 128), "paused": (128, 128, 128),
+                  "dropped": (230, 200, 0)}
 
 
 class PngSink:
