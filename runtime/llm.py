@@ -181,7 +181,8 @@ def shared_prefix_seg_states(
 
     device = inputs_embeds[0].device
     cache = DynamicCache(config=llm.model.config)
-    llm.model(inputs_embeds=inputs_embeds[0][:, :prefix], use_cache=True, **{_cache_kwarg(): cache})
+    if prefix:
+        llm.model(inputs_embeds=inputs_embeds[0][:, :prefix], use_cache=True, **{_cache_kwarg(): cache})
     suffixes = [e[:, prefix : p + 1] for e, p in zip(inputs_embeds, seg_positions)]
     lengths = [s.shape[1] for s in suffixes]
     total = sum(lengths)

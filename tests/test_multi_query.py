@@ -13,7 +13,13 @@ import torch
 
 from visa_edge.runtime.errors import InputError
 from visa_edge.runtime.io import read_rgb
-from visa_edge.runtime.llm import expanded_length, shared_prefix_length
+from visa_edge.runtime.llm import (
+    expand_image_tokens,
+    expanded_length,
+    seg_hidden_states,
+    shared_prefix_length,
+    shared_prefix_seg_states,
+)
 from visa_edge.runtime.model import VisaModel
 from visa_edge.runtime.networks import MAX_QUERIES
 from visa_edge.runtime.prompt import IMAGE_TOKEN_INDEX
@@ -71,6 +77,22 @@ def test_shared_prefix_holds_every_image_and_stops_before_seg(model):
     # identical prompts share everything up to, not including, the id whose state is read
     same = shared_prefix_length([prompts[0], prompts[0]], model.prompt.seg_token_id)
     assert prompts[0][same + 1] == model.prompt.seg_token_id
+
+
+@pytest.mark.parametrize("prefix", [0, 5, None])  # None: the prompts' whole shared prefix
+def test_packed_suffixes_equal_one_prefill_for_any_prefix(model, prefix):
+    """Whatever the prefix cached, the packed suffixes (block-causal mask, positions after the
+    prefix) give each prompt's one-prefill [SEG] state."""
+    tokens = torch.randn(2, 112, 64, generator=torch.Generator().manual_seed(0))
+    prompts = [model.prompt(q, 1) for q in QUERIES[:3]]
+    seg = model.prompt.seg_token_id
+    with torch.inference_mode():
+        expanded = [expand_image_tokens(p, tokens, model.llm.get_input_embeddings(), seg) for p in prompts]
+        one = torch.cat([seg_hidden_states(model.llm, e, pos[:1]) for e, pos in expanded])
+        if prefix is None:
+            prefix = expanded_length(prompts[0][: shared_prefix_length(prompts, seg)], 112)
+        packed = shared_prefix_seg_states(model.llm, [e for e, _ in expanded], [pos[0] for _, pos in expanded], prefix)
+    assert max_abs(packed, one) <= TOL
 
 
 def test_each_query_equals_its_single_query_step(multi, single):
