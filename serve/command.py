@@ -37,6 +37,8 @@ def register(sub) -> None:
                    "(required unless --host is loopback)")
     g.add_argument("--max-request-mb", type=float_arg(0, open_lo=True), default=16.0,
                    help="refuse larger requests with 413 (default 16)")
+    g.add_argument("--torch-threads", type=int_arg(1), help="torch CPU threads per replica (default: Ray's "
+                   "OMP_NUM_THREADS, the replica's CPUs)")
     g.add_argument("--cache-frames", type=int_arg(12), default=64, help="visual tokens cached per stream (default 64)")
     p.set_defaults(func=run)
 
@@ -59,7 +61,7 @@ def options_from(args: argparse.Namespace):
         dtype=args.dtype, token=token, replicas=args.replicas, max_replicas=args.max_replicas,
         gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
         max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s,
-        max_request_mb=args.max_request_mb, cache_frames=args.cache_frames,
+        max_request_mb=args.max_request_mb, cache_frames=args.cache_frames, torch_threads=args.torch_threads,
     )
 
 
