@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..runtime.errors import InputError
+from ..runtime.remote_reasoner import read_token
 from ..runtime.config import DTYPES
 from ..runtime.streaming.build import PipelineConfig
 from ..runtime.streaming.scheduler import OPTIONAL_OFF, StreamConfig, stream_parameters
@@ -41,6 +42,9 @@ PIPELINE_PARAMS = (
     Param("sam_checkpoint", "", "official SAM .pth whose tensors replace the checkpoint's (empty: none)"),
     Param("tracker", "flow", f"mask tracker between reasoning steps: {' | '.join(TRACKER_NAMES)}"),
     Param("xmem", "", "XMem.pth for tracker xmem (empty: engines must provide its networks)"),
+    Param("reasoner_url", "", "reason on a `visa-edge serve` server, http://HOST:PORT (empty: load the model here; "
+          "set: checkpoint and clip are not needed)"),
+    Param("reasoner_token_file", "", "file holding the reasoning server's shared token (empty: none)"),
 )
 
 # Derived from StreamConfig's fields (name, default, help): one ROS parameter per field, 0 for "off".
@@ -65,7 +69,7 @@ PARAMETERS = PIPELINE_PARAMS + STREAM_PARAMS + NODE_PARAMS
 DESCRIPTIONS = {p.name: p.description for p in PARAMETERS}
 DYNAMIC = ("every_frames", "every_seconds", "min_confidence", "publish_overlay", "publish_when_paused")
 STREAM_DYNAMIC = tuple(name for name in DYNAMIC if name in {p.name for p in STREAM_PARAMS})
-REQUIRED = ("checkpoint", "clip")  # unless the node is given a ready runtime
+REQUIRED = ("checkpoint", "clip")  # unless the node is given a ready runtime or a reasoner_url
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def stream_values(values: Mapping[str, Any]) -> dict[str, Any]:
 def pipeline_config(values: Mapping[str, Any]) -> PipelineConfig:
     """PipelineConfig from the parameters; InputError names a missing or invalid one."""
     for name in REQUIRED:
-        if not values[name]:
+        if not values[name] and not values["reasoner_url"]:
             raise InputError(f"parameter {name!r} is not set ({DESCRIPTIONS[name]}): pass `--ros-args -p {name}:=DIR`")
     if values["quantization"] not in ("none", "nf4"):
         raise InputError(f"parameter quantization={values['quantization']!r}: expected none or nf4")
@@ -121,8 +125,8 @@ def pipeline_config(values: Mapping[str, Any]) -> PipelineConfig:
     if values["tracker"] not in TRACKER_NAMES:
         raise InputError(f"parameter tracker={values['tracker']!r}: expected one of {TRACKER_NAMES}")
     return PipelineConfig(
-        checkpoint=values["checkpoint"],
-        clip=values["clip"],
+        checkpoint=values["checkpoint"] or None,
+        clip=values["clip"] or None,
         engines=values["engines"] or None,
         backend=values["backend"] or None,
         quantization=None if values["quantization"] == "none" else values["quantization"],
@@ -132,6 +136,8 @@ def pipeline_config(values: Mapping[str, Any]) -> PipelineConfig:
         tracker=values["tracker"],
         xmem=values["xmem"] or None,
         stream=stream_config(values),
+        reasoner_url=values["reasoner_url"] or None,
+        reasoner_token=read_token(values["reasoner_token_file"]) if values["reasoner_token_file"] else None,
     )
 
 

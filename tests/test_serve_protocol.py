@@ -141,3 +141,17 @@ def test_client_retries_with_backoff_then_raises():
     with pytest.raises(RemoteError, match="failed after 3 attempts"):
         client(_frames(1), QUERY)
     assert client.stats.requests == 3 and client.stats.retries == 2 and client.stats.failures == 1
+
+
+def test_ros_parameters_select_a_remote_reasoner(tmp_path):
+    from visa_edge.ros_node.config import defaults, pipeline_config
+
+    (tmp_path / "token").write_text("abc\n")
+    cfg = pipeline_config({**defaults(), "reasoner_url": "http://10.0.0.2:8000",
+                           "reasoner_token_file": str(tmp_path / "token")})
+    assert (cfg.reasoner_url, cfg.reasoner_token, cfg.checkpoint, cfg.clip) == ("http://10.0.0.2:8000", "abc", None, None)
+    with pytest.raises(InputError, match="parameter 'checkpoint' is not set"):
+        pipeline_config(defaults())
+    with pytest.raises(InputError, match="token file .*: empty; expected the shared token"):
+        (tmp_path / "empty").write_text(" \n")
+        pipeline_config({**defaults(), "reasoner_url": "http://h:1", "reasoner_token_file": str(tmp_path / "empty")})
