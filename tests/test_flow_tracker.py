@@ -15,7 +15,7 @@ from visa_edge.runtime.cli import main
 from visa_edge.runtime.errors import InputError
 from visa_edge.runtime.io import read_mask
 from visa_edge.runtime.tracking.base import Tracker
-from visa_edge.runtime.tracking.flow import FlowTracker
+from visa_edge.runtime.tracking.flow import FlowTracker, FlowTrackerConfig
 from visa_edge.runtime.vos_metrics import jaccard
 
 # Measured J&F over the first 20 frames of the shared DAVIS 2016 sequences (frames 1..19 scored),
@@ -146,6 +146,34 @@ def test_bad_inputs_are_clear_errors(clip, tmp_path):
     cv2.imwrite(str(path), two_objects.astype(np.uint8))
     with pytest.raises(InputError, match="non-binary"):
         read_mask(path)
+
+
+def fast_clip(speed: int, n: int = 10, h: int = 240, w: int = 427, seed: int = 0):
+    """A reddish textured disc (radius 25) moving ``speed`` px right per frame while the green
+    background pans 3 px left: an object moving about its size per frame (drift, motocross)."""
+    rng = np.random.default_rng(seed)
+    background = texture(rng, h, w, 4, (40, 90, 40), (140, 200, 120))
+    foreground = texture(rng, h, w, 2, (170, 40, 40), (250, 120, 90))
+    frames, masks = [], []
+    for i in range(n):
+        m = np.zeros((h, w), np.uint8)
+        cv2.circle(m, (40 + speed * i, 120 + (speed // 3) * (i % 3)), 25, 1, -1)
+        f = np.roll(background, -3 * i, axis=1).copy()
+        f[m > 0] = np.roll(foreground, speed * i, axis=1)[m > 0]
+        frames.append(f)
+        masks.append(m)
+    return frames, masks
+
+
+def test_fast_motion_is_recovered_by_colour_re_detection():
+    frames, masks = fast_clip(32)
+    scores = {}
+    for redetect in (0.5, 0.0):
+        tracker = FlowTracker(FlowTrackerConfig(redetect_below=redetect))
+        tracker.step(frames[0], masks[0])
+        scores[redetect] = np.mean([jaccard(tracker.step(f).mask, m) for f, m in zip(frames[1:], masks[1:])])
+    assert scores[0.0] < 0.1  # measured 0.05: the flow loses the disc after one frame
+    assert scores[0.5] >= 0.7  # measured 0.80: found again by its colours near its last mask
 
 
 def test_davis_first_frames(davis):

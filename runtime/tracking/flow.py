@@ -21,6 +21,13 @@ are given). Tracks one or several objects (a label image). For each new frame:
    wrong, the warped colour does not match the new colour, so the wrong label lands in another
    colour cell and hardly votes; boundaries snap to colour edges.
 
+3. **Re-detection when the flow loses an object.** Fast motion (an object moving about its
+   own size per frame against the background) defeats coarse-to-fine flow: the object's
+   labels stay behind and its mask collapses. When an object's mask falls below
+   ``redetect_below`` of its reference area, it is looked for by its reference colour model
+   (the fraction of the reference's pixels of each Lab colour that were the object) in a
+   window around its last mask; the largest such component, if big enough, joins its mask.
+
 An object's plane is its share of the votes; the frame's labels are the argmax over
 [background, objects]; the previous frame's labels are kept hard so repeated warping does not
 blur them away.
@@ -67,6 +74,8 @@ class FlowTrackerConfig:
     max_cells: int = 1_000_000  # compute budget: larger spatial cells where a big, colourful region needs more
     flow_preset: int = cv2.DISOpticalFlow_PRESET_MEDIUM  # frame -> previous frame (cached, shared)
     memory_flow_preset: int = cv2.DISOpticalFlow_PRESET_ULTRAFAST  # frame -> reference and memory frames
+    redetect_below: float = 0.5  # an object whose mask shrinks below this fraction of its reference area is re-detected
+    search_margin: float = 1.5  # re-detection window: the last mask's box grown by this fraction of its size
 
 
 @dataclass
@@ -198,6 +207,8 @@ class FlowTracker(Tracker):
         self._memory: deque[_Memory] = deque(maxlen=max(self.config.memory_size, 1))
         self._since_reference = 0
         self._empty = False
+        self._colour: np.ndarray | None = None  # [K, colour cells] reference colour model per object
+        self._reference_areas: np.ndarray | None = None  # [K] object areas in the reference, working px
 
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None, *, objects: Sequence[int] | None = None,
              index: int | None = None) -> TrackOutput:
@@ -310,6 +321,8 @@ class FlowTracker(Tracker):
         self._memory.clear()
         self._since_reference = 0
         self._empty = not memory.planes.any()
+        self._colour = self._colour_models(features.lab, memory.planes)
+        self._reference_areas = memory.planes.sum(axis=(0, 1))
         probs = np.stack([(mask == o).astype(np.float32) for o in self._objects])
         return probs, [1.0 if p.any() else 0.0 for p in probs]
 
@@ -336,10 +349,61 @@ class FlowTracker(Tracker):
             probs[region] = np.where(total[..., None] > 0, votes / np.maximum(total, 1e-12)[..., None], fallback)
         labels = np.concatenate([1.0 - probs.sum(2, keepdims=True), probs], 2).argmax(2)
         planes = np.stack([labels == o + 1 for o in range(k)], axis=2)
+        if self.config.redetect_below > 0:
+            self._redetect(features.lab, probs, planes)
         confidences = [self._confidence(probs[..., o], planes[..., o], motion_only[..., o]) for o in range(k)]
         self._remember(index, _Memory(features.grey, features.lab, planes.astype(np.float32)))
         full = np.stack([cv2.resize(probs[..., o], self._size[::-1], interpolation=cv2.INTER_LINEAR) for o in range(k)])
         return full, confidences
+
+    def _colour_cells(self) -> np.ndarray:
+        """Cells per axis of a fixed (L, a, b) histogram over 8-bit Lab with the grid's colour cells."""
+        return (256 / np.asarray(self.config.cell_lab)).astype(int) + 1
+
+    def _colour_index(self, lab: np.ndarray) -> np.ndarray:
+        """Histogram cell of each Lab pixel."""
+        q = (lab.reshape(-1, 3) / np.asarray(self.config.cell_lab, np.float32)).astype(np.int32)
+        n = self._colour_cells()
+        return (q[:, 0] * n[1] + q[:, 1]) * n[2] + q[:, 2]
+
+    def _colour_models(self, lab: np.ndarray, planes: np.ndarray) -> np.ndarray:
+        """[K, cells] fraction of the reference's pixels of each colour that belong to each object."""
+        idx = self._colour_index(lab)
+        size = int(np.prod(self._colour_cells()))
+        total = np.bincount(idx, minlength=size).astype(np.float32)
+        return np.stack([np.bincount(idx, planes[..., o].ravel(), size) / (total + 1.0) for o in range(planes.shape[2])])
+
+    def _redetect(self, lab: np.ndarray, probs: np.ndarray, planes: np.ndarray) -> None:
+        """Objects whose mask collapsed are looked for by their reference colours near their last position."""
+        idx = None
+        for o in range(planes.shape[2]):
+            area = self._reference_areas[o]
+            if area == 0 or planes[..., o].sum() >= self.config.redetect_below * area:
+                continue
+            last = self._previous.planes[..., o] > 0.5
+            window = np.zeros(planes.shape[:2], bool)
+            window[_box(last if last.any() else self._reference.planes[..., o] > 0.5, self.config.search_margin, 0)] = True
+            idx = self._colour_index(lab) if idx is None else idx
+            p = self._colour[o][idx].reshape(planes.shape[:2])
+            free = ~np.any(np.delete(planes, o, axis=2), axis=2)
+            found = ((p > 0.5) & window & free).astype(np.uint8)
+            n, comp, stats, centroids = cv2.connectedComponentsWithStats(found, connectivity=8)
+            areas = stats[1:, cv2.CC_STAT_AREA]
+            plausible = np.flatnonzero((areas >= 0.5 * area) & (areas <= 2.0 * area))  # about the object's size
+            if plausible.size == 0:
+                continue
+            centre = np.argwhere(window).mean(0)[::-1]  # (x, y) of the search window
+            best = 1 + plausible[np.argmin(np.sum((centroids[1 + plausible] - centre) ** 2, axis=1))]
+            region = comp == best
+            planes[..., o] |= region
+            found_probs = probs[region]  # [n, K]
+            found_probs[:, o] = np.maximum(found_probs[:, o], p[region])
+            others = found_probs.sum(1) - found_probs[:, o]
+            scale = np.minimum(1.0, (1.0 - found_probs[:, o]) / np.maximum(others, 1e-12))
+            keep = found_probs[:, o].copy()
+            found_probs *= scale[:, None]
+            found_probs[:, o] = keep
+            probs[region] = found_probs  # the objects still share each pixel's probability
 
     def _sources(self) -> list[_Memory]:
         """Previous frame first (the confidence compares with it), then the reference and the memory."""
