@@ -200,6 +200,8 @@ def summarize_policy(entry: dict, settings: OracleSettings) -> dict:
             "reasoning_coalesced": sum(r["stats"]["reasoning_coalesced"] for r in runs),
             "catchup_frames": sum(r["stats"]["catchup_frames"] for r in runs),
             "catchup_forced": sum(r["stats"]["catchup_forced"] for r in runs),
+            "catchup_abandoned": sum(r["stats"]["catchup_abandoned"] for r in runs),
+            "pasted": sum(r["stats"]["pasted"] for r in runs),
             "feature_cache": None if runs[0]["cache"] is None else
             {k: sum(r["cache"][k] for r in runs) for k in ("hits", "misses")},
             "errors": [r["last_error"] for r in runs if r["last_error"]],
@@ -226,8 +228,8 @@ def table(result: dict) -> str:
     for p in ("tracking_only", "blocking_l0"):
         rows.append(f"| {names[p]} | " + " | ".join([jf(p)] * len(lat)) + " |")
     rows += ["", "| runtime at L | frames | without mask | anchor age mean / max | process() p50 / p99 ms | "
-             "delay p50 / p99 ms | late (> 2 periods) | dropped | steps | forced swaps | cache hits / misses |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "delay p50 / p99 ms | late (> 2 periods) | dropped | steps | forced / abandoned catch-ups | "
+             "cache hits / misses |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in lat:
         r = pol.get(f"runtime@{x}")
         if r is None:
@@ -237,6 +239,7 @@ def table(result: dict) -> str:
         cache = r["feature_cache"]
         rows.append(f"| {x} s | {r['frames']} | {r['frames_without_mask']} | {age['mean']:.1f} / {age['max']} | "
                     f"{r['process_ms']['p50']:.0f} / {r['process_ms']['p99']:.0f} | {d['p50']:.0f} / {d['p99']:.0f} | "
-                    f"{r['frames_late']} | {r['frames_dropped']} | {r['reasoning_completed']} | {r['catchup_forced']} | "
+                    f"{r['frames_late']} | {r['frames_dropped']} | {r['reasoning_completed']} | {r['catchup_forced']} / "
+                    f"{r['catchup_abandoned']} | "
                     + ("-" if cache is None else f"{cache['hits']} / {cache['misses']}") + " |")
     return "\n".join(rows)
