@@ -151,6 +151,7 @@ def summarize_stream(records: Sequence[FrameRecord], runtime: StreamingRuntime, 
         "frames_pushed": len(records) + dropped,  # every pushed frame is published or dropped
         "frames_out": len(records),
         "dropped": dropped,
+        "dropped_late": stats.dropped_late,  # received too late to track (published with the last mask)
         "wall_s": wall,
         "output_fps": len(records) / wall,
         "staleness_ms": summarize([r.ready - r.capture for r in records]),
