@@ -144,5 +144,5 @@ class ReasonService:
             self.metrics.failed += 1
             return Answer(500, {"error": f"{type(e).__name__}: {e}"})
         self.metrics.answered += 1
-        timings = {"visual_tokens_batch": encode_s, "frames_encoded_in_batch": encoded, **result.timings}
-        return Answer(200, {"status": "ok", **encode_masks(result.masks), "timings": timings})
+        timings = {"visual_tokens_batch": encode_s, **result.timings}
+        return Answer(200, {"status": "ok", **encode_masks(result.masks), "timings": timings, "encoded_in_batch": encoded})
