@@ -9,16 +9,20 @@ sum of that round's single-query steps on the first Q queries. Ratios are taken 
 run, so they hold under a changing machine load.
 
 The model is a mid-size VISA written by ``runtime/tiny.py`` and read by the real loader: a
-LLaMA a CPU can run on a full window (12 frames x 112 tokens + prompt, ~1,600 positions), a
+LLaMA a CPU can run on a full window (12 frames x 112 tokens + prompt, ~1,460 positions), a
 reduced SAM image encoder and SAM's full-size mask decoder; random weights (latency depends on
-shapes, not values; subnormal floats are flushed to zero while timing). The frames' visual
-tokens are given (the streaming reasoner caches them per frame), so CLIP is not timed.
+shapes, not values; subnormal floats are flushed to zero while timing). The prompt is tokenised
+one token per word or punctuation mark (the loader's WordLevel path, like the golden fixture's
+tokenizer), close to Vicuna's count; the tiny checkpoint's 400-piece tokenizer would make each
+question about four times longer than VISA's and overstate the per-query LLM work. The frames'
+visual tokens are given (the streaming reasoner caches them per frame), so CLIP is not timed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 
 from visa_edge.runtime.model import VisaModel
+from visa_edge.runtime.prompt import SEG_TOKEN, conversation
 from visa_edge.runtime.networks import MAX_FRAMES
 from visa_edge.runtime.reasoning import ReasoningStep
 from visa_edge.runtime.sam import SamEncoderConfig
@@ -55,6 +60,7 @@ QUERIES = (
     "where can I sit down to rest?",
 )
 TARGETS = {4: 1.5, 8: 2.0}  # multi-query step vs one query, at most
+WORD = r"\n|\w+|[^\w\s]"  # one token per word, punctuation mark or newline
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ def run_multi_query(
     with tempfile.TemporaryDirectory(prefix="visa-edge-multi-query-") as tmp:
         log(f"writing and loading the model ({settings.spec.hidden_size}-wide LLaMA, {settings.spec.num_layers} layers)")
         tiny = write_tiny_checkpoint(Path(tmp), fmt="safetensors", shards=1, spec=settings.spec)
+        write_word_tokenizer(tiny.checkpoint, [conversation(q, settings.frames - 1) for q in QUERIES])
         model = VisaModel.from_pretrained(tiny.checkpoint, clip=tiny.clip, device=device)
     flushing = torch.set_flush_denormal(flush_denormals)
     try:
@@ -148,6 +155,27 @@ def run_multi_query(
         "load_average_end": system.load_average(),
         "total_s": round(time.perf_counter() - start, 1),
     }
+
+
+def write_word_tokenizer(folder: Path, texts: Sequence[str]) -> None:
+    """Replace the checkpoint's sentencepiece tokenizer by a WordLevel ``tokenizer.json`` over the words of ``texts``."""
+    from tokenizers import AddedToken, Regex, Tokenizer, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+
+    specials = ["<unk>", "<s>", "</s>"]
+    words = dict.fromkeys(w for text in texts for w in re.findall(WORD, text.replace("</s>", " ")))
+    vocab = {t: i for i, t in enumerate([*specials, *(w for w in words if w not in specials)])}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(WORD), behavior="removed", invert=True)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer.add_special_tokens([AddedToken(t, normalized=False) for t in specials])
+    tokenizer.add_tokens([AddedToken(SEG_TOKEN, normalized=False)])
+    for name in ("tokenizer.model", "added_tokens.json"):
+        (folder / name).unlink()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps({k: v for k, v in config.items() if k.endswith("_token")}))
 
 
 def runners_for(

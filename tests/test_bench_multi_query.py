@@ -69,3 +69,22 @@ def test_cli_refuses_options_of_other_configs(tmp_path, capsys):
     assert main(["bench", "--config", "multi-query", "--out", str(tmp_path), "--stages", "sam_encoder"]) == 2
     assert "--stages: not used by --config multi-query" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_word_tokenizer_gives_vicuna_like_prompt_lengths(tmp_path):
+    """One token per word: the golden query's prompt has the golden fixture's 126 ids; each
+    question after the shared prefix (system text and the 12 images) is ~30 tokens."""
+    from visa_edge.runtime.llm import shared_prefix_length
+    from visa_edge.runtime.model import VisaModel
+    from visa_edge.runtime.prompt import conversation
+    from visa_edge.runtime.tiny import write_tiny_checkpoint
+
+    tiny = write_tiny_checkpoint(tmp_path)
+    mq.write_word_tokenizer(tiny.checkpoint, [conversation(q, 11) for q in mq.QUERIES])
+    model = VisaModel.from_pretrained(tiny.checkpoint, clip=tiny.clip)
+    prompts = [model.prompt(q, 11) for q in mq.QUERIES]
+    assert len(prompts[0]) == 126 and 0 not in prompts[0]  # no <unk>
+    assert prompts[0][-3] == model.prompt.seg_token_id and prompts[0][-1] == 2  # "[SEG] . </s>"
+    shared = shared_prefix_length(prompts, model.prompt.seg_token_id)
+    assert shared == 95 and [len(p) - shared for p in prompts] == [31, 35, 29, 29, 33, 30, 30, 32]
+    assert mq.prefill_positions(model, 12) == 1458
