@@ -54,6 +54,8 @@ from visa_edge.runtime.tracking.xmem import frames as xframes
 from visa_edge.runtime.tracking.xmem.memory import Consolidation, Removal
 
 N_FRAMES = 12
+# a golden run (set up by the first test that needs it) takes minutes on a loaded 2-core machine
+pytestmark = pytest.mark.timeout(1200)
 ENCODER_TOL = dict(atol=1e-4, rtol=1e-4)
 MARGIN = 1e-4
 # Usage = affinity mass an element received / reads. A top-k near-tie (README 6) that another CPU

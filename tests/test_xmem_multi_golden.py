@@ -44,6 +44,8 @@ from .conftest import SHARED, require_dir
 from .xmem_golden_support import FEATURES, RecordingCache, RecordingEngine, checkpoints, video
 
 N_FRAMES = 10
+# a golden run (set up by the first test that needs it) takes minutes on a loaded 2-core machine
+pytestmark = pytest.mark.timeout(1200)
 MARGIN = 1e-4
 PAD = 5  # columns of zero padding on each side (854 -> 864)
 

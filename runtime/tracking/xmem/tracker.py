@@ -107,7 +107,8 @@ class XMemTracker(Tracker):
       all-zero map with confidence 0 until a non-empty reference arrives; the same before the
       first reference. No NaN is produced.
 
-    ``confidence`` is :func:`soft_iou_confidence` of the returned map, in [0, 1].
+    ``confidences`` are :func:`soft_iou_confidence` of each object's returned map, in [0, 1].
+    A single object 1 gives ``TrackOutput(prob, confidence)`` as before (``probs`` None).
     """
 
     def __init__(
