@@ -400,6 +400,10 @@ def test_several_objects_groups_hidden_states_and_outputs(engines):
         assert out.objects == (1, 2, 3) and np.isfinite(out.object_probs).all()
         assert tracker.memory.working.value_size(1) <= tracker.memory.working.size
     assert len(out.object_confidences) == 3 and all(0 <= c <= 1 for c in out.object_confidences)
+    # consolidations after frame 3 give the new group prototypes too; group 0 covers every element
+    lt = tracker.memory.long_term
+    assert lt.value_size(0) == lt.size and 0 < lt.value_size(1) < lt.size
+    assert all(v.shape[1] == n * 512 for v, n in zip(lt.values, (2, 1)))
 
 
 def test_single_object_label_image_matches_the_binary_mask(engines):
