@@ -83,7 +83,7 @@ class _Features:
     """A frame's anchor-independent preparation at the working size."""
 
     grey: np.ndarray  # uint8 [h,w]
-    lab: np.ndarray  # float32 [h,w,3]
+    lab: np.ndarray  # uint8 [h,w,3] OpenCV 8-bit Lab (a quarter of float32 in the shared cache)
 
 
 @dataclass
@@ -281,7 +281,7 @@ class FlowTracker(Tracker):
     def _features(self, frame: np.ndarray, index: int | None) -> _Features:
         def compute() -> _Features:
             small = cv2.resize(frame, self._work[::-1], interpolation=cv2.INTER_AREA) if frame.shape[:2] != self._work else frame
-            return _Features(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), cv2.cvtColor(small, cv2.COLOR_RGB2Lab).astype(np.float32))
+            return _Features(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), cv2.cvtColor(small, cv2.COLOR_RGB2Lab))
 
         return self._cached(index, ("features",), compute)
 
@@ -315,13 +315,13 @@ class FlowTracker(Tracker):
             given = np.isin(mask, objects)
             mask = np.where(given, mask, np.where(np.isin(labels, kept), labels, 0)).astype(np.uint8)
         self._objects = (*objects, *kept) or (1,)
-        memory = _Memory(features.grey, features.lab, self._planes(mask, self._objects))
+        memory = _Memory(features.grey, features.lab.astype(np.float32), self._planes(mask, self._objects))
         self._reference = self._previous = memory
         self._previous_index = index
         self._memory.clear()
         self._since_reference = 0
         self._empty = not memory.planes.any()
-        self._colour = self._colour_models(features.lab, memory.planes)
+        self._colour = self._colour_models(memory.lab, memory.planes)
         self._reference_areas = memory.planes.sum(axis=(0, 1))
         probs = np.stack([(mask == o).astype(np.float32) for o in self._objects])
         return probs, [1.0 if p.any() else 0.0 for p in probs]
@@ -330,7 +330,7 @@ class FlowTracker(Tracker):
         k = len(self._objects)
         h, w = features.grey.shape
         if self._empty:
-            self._remember(index, _Memory(features.grey, features.lab, np.zeros((h, w, k), np.float32)))
+            self._remember(index, _Memory(features.grey, features.lab.astype(np.float32), np.zeros((h, w, k), np.float32)))
             return np.zeros((k, *self._size), np.float32), [0.0] * k
         flows = [self._previous_flow(features.grey, index)]
         flows += [self._dis_memory.calc(features.grey, m.grey, None) for m in self._sources()[1:]]
@@ -339,20 +339,21 @@ class FlowTracker(Tracker):
         voters = [_warp(m, f, self._identity) for m, f in zip(self._sources(), flows)]
         motion_only = voters[0].planes > 0.5  # the previous frame's labels moved by flow alone
         candidates = np.any([v.planes > 0.5 for v in voters], axis=(0, 3))
+        lab = features.lab.astype(np.float32)
         probs = np.zeros((h, w, k), np.float32)
         if candidates.any():
             cfg = self.config
             region = _box(candidates, cfg.roi_margin, int(np.ceil(cfg.cell_px)))
-            grid = _LabGrid(features.lab[region], cfg.cell_px, cfg.cell_lab, cfg.max_cells)
+            grid = _LabGrid(lab[region], cfg.cell_px, cfg.cell_lab, cfg.max_cells)
             votes, total = grid.vote([_Voter(v.lab[region], v.planes[region]) for v in voters], cfg.vote_stride)
             fallback = np.mean([v.planes[region] for v in voters], axis=0)
             probs[region] = np.where(total[..., None] > 0, votes / np.maximum(total, 1e-12)[..., None], fallback)
         labels = np.concatenate([1.0 - probs.sum(2, keepdims=True), probs], 2).argmax(2)
         planes = np.stack([labels == o + 1 for o in range(k)], axis=2)
         if self.config.redetect_below > 0:
-            self._redetect(features.lab, probs, planes)
+            self._redetect(lab, probs, planes)
         confidences = [self._confidence(probs[..., o], planes[..., o], motion_only[..., o]) for o in range(k)]
-        self._remember(index, _Memory(features.grey, features.lab, planes.astype(np.float32)))
+        self._remember(index, _Memory(features.grey, lab, planes.astype(np.float32)))
         full = np.stack([cv2.resize(probs[..., o], self._size[::-1], interpolation=cv2.INTER_LINEAR) for o in range(k)])
         return full, confidences
 
