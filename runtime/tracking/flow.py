@@ -26,7 +26,9 @@ are given). Tracks one or several objects (a label image). For each new frame:
    labels stay behind and its mask collapses. When an object's mask falls below
    ``redetect_below`` of its reference area, it is looked for by its reference colour model
    (the fraction of the reference's pixels of each Lab colour that were the object) in a
-   window around its last mask; the largest such component, if big enough, joins its mask.
+   window around its last mask; the component of about the object's reference size (0.5-2x)
+   nearest the window's centre joins its mask. Its confidence stays low (motion and
+   appearance disagree), which asks the runtime for a new reasoning step.
 
 An object's plane is its share of the votes; the frame's labels are the argmax over
 [background, objects]; the previous frame's labels are kept hard so repeated warping does not
@@ -388,7 +390,7 @@ class FlowTracker(Tracker):
             p = self._colour[o][idx].reshape(planes.shape[:2])
             free = ~np.any(np.delete(planes, o, axis=2), axis=2)
             found = ((p > 0.5) & window & free).astype(np.uint8)
-            n, comp, stats, centroids = cv2.connectedComponentsWithStats(found, connectivity=8)
+            _, comp, stats, centroids = cv2.connectedComponentsWithStats(found, connectivity=8)
             areas = stats[1:, cv2.CC_STAT_AREA]
             plausible = np.flatnonzero((areas >= 0.5 * area) & (areas <= 2.0 * area))  # about the object's size
             if plausible.size == 0:
