@@ -141,6 +141,8 @@ def test_bad_inputs_are_clear_errors(clip, tmp_path):
         tracker.step(frames[0].astype(np.float32), masks[0])
     with pytest.raises(InputError, match="differs from its frame"):
         tracker.step(frames[0], masks[0][:-1])
+    with pytest.raises(InputError, match=r"48x12 px; expected both sides >= 16"):  # DIS would abort the process
+        tracker.step(np.zeros((12, 48, 3), np.uint8), np.ones((12, 48), np.uint8))
     two_objects = masks[0] * 1 + np.roll(masks[0], 70, axis=1) * 2
     path = tmp_path / "two.png"
     cv2.imwrite(str(path), two_objects.astype(np.uint8))

@@ -58,6 +58,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..validate import check_frame_size
 from .base import MAX_OBJECT_ID, Tracker, TrackOutput, mask_objects
 from .cache import FeatureCache
 
@@ -245,6 +246,7 @@ class FlowTracker(Tracker):
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise InputError(f"frame: expected RGB uint8 [H,W,3], got {frame.dtype} {frame.shape}")
+        check_frame_size(frame, "FlowTracker frame")  # OpenCV's DIS flow aborts the process on strips < 16 px
         return frame
 
     @staticmethod
