@@ -36,6 +36,7 @@ def test_rows_give_ratios_to_one_query_and_speedups():
     assert rows[2]["shared_ms"]["p50"] == pytest.approx(1300.0)
     assert rows[2]["separate_ms"]["p50"] == pytest.approx(2100.0)  # rounds: 2.0 and 2.2 s
     assert rows[4]["shared_vs_one_query"] == pytest.approx(1.5 / one)
+    assert rows[4]["shared_vs_mean_single_step"] == pytest.approx(1.5 / 1.05)  # rounds: 4.0 / 4 and 4.4 / 4 s
     assert rows[4]["separate_vs_one_query"] == pytest.approx(4.2 / one)
     assert rows[4]["speedup_vs_separate"] == pytest.approx(4.2 / 1.5)
     assert rows[4]["target_vs_one_query"] == 1.5 and rows[2]["target_vs_one_query"] is None
@@ -52,7 +53,7 @@ def test_markdown_has_one_row_per_query_count():
     text = mq.markdown(result)
     table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [line.split("|")[1].strip() for line in table] == ["1", "2", "4"]
-    assert "| 4 | 1500 | 4200 | **x1.36** | x3.82 | x2.80 | <= 1.5 | 500 / 300 / 400 / 40 | 2 |" in text
+    assert "| 4 | 1500 | 4200 | x1.36 | **x1.43** | x3.82 | x2.80 | <= 1.5 | 500 / 300 / 400 / 40 | 2 |" in text
     assert "0 mask pixels differ" in text
 
 
