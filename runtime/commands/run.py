@@ -15,10 +15,12 @@ from .stream_args import add_pipeline_args, add_stream_args, pipeline_config
 def register(sub) -> None:
     p = sub.add_parser(
         "run",
-        help="segment a video/camera/rosbag stream for a query, one mask per frame",
+        help="segment a video/camera/rosbag stream for one or several queries, one mask per frame",
         description="Streams SOURCE through the tracker at its frame rate while VISA's reasoning step "
-        "reruns asynchronously on a sliding window; writes OUT/masks/<frame>.png (0/255), "
-        "OUT/overlay.mp4, OUT/frames.jsonl (per-frame metadata) and OUT/summary.json.",
+        "reruns asynchronously on a sliding window; writes OUT/masks/<frame>.png (0/255; several queries: "
+        "OUT/masks/<query id>/<frame>.png), OUT/labels/<frame>.png (label image: 0 background, k = query id k), "
+        "OUT/queries.json (ids to queries), OUT/overlay.mp4, OUT/frames.jsonl (per-frame metadata) and "
+        "OUT/summary.json.",
     )
     add_pipeline_args(p, model_required=False)
     add_stream_args(p)
@@ -34,7 +36,8 @@ def register(sub) -> None:
                    help="play recorded sources at this camera rate in fps, as a live camera: frames the runtime "
                    "cannot publish within --max-delay-periods are dropped (default: as fast as possible, none "
                    "dropped; live sources always run in real time)")
-    g.add_argument("--query", required=True, help="referring or reasoning expression")
+    g.add_argument("--query", required=True, action="append",
+                   help="referring or reasoning expression; repeat for several queries (ids 1, 2, ... in order)")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder")
     g.add_argument("--no-masks", action="store_true", help="do not write mask PNGs")
     g.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.source, topic=args.topic)
     if args.rate:
         source = Paced(source, args.rate)
-    runtime = build_runtime(remote_config(args), query=args.query)
+    runtime = build_runtime(remote_config(args), query=args.query[0] if len(args.query) == 1 else args.query)
     return stream_to_folder(runtime, source, out, masks=not args.no_masks, video=not args.no_overlay,
                             fps=args.rate or getattr(source, "fps", 30.0), live=bool(args.rate) or source.live)
 
@@ -76,17 +79,18 @@ def stream_to_folder(runtime, source, out: Path, masks: bool = True, video: bool
 
     ``live``: late frames may be dropped (default: the source's ``live``); a dropped frame keeps
     its line in frames.jsonl (mask_source "dropped") and its PNG (the last published mask).
+    With several queries, masks go to ``masks/<query id>/``; ``labels/`` and ``queries.json`` always.
 
     A run in which every reasoning step failed raises VisaEdgeError (after writing the summary):
     its masks come from no reasoning at all.
     """
     from tqdm import tqdm
 
-    from ..streaming.sinks import JsonlSink, OverlayVideoSink, PngSink
+    from ..streaming.sinks import JsonlSink, LabelSink, OverlayVideoSink, PngSink
 
-    sinks = [JsonlSink(out / "frames.jsonl")]
+    sinks = [JsonlSink(out / "frames.jsonl"), LabelSink(out / "labels")]
     if masks:
-        sinks.append(PngSink(out / "masks"))
+        sinks.append(PngSink(out / "masks", per_query=len(runtime.queries) > 1))
     if video:
         sinks.append(OverlayVideoSink(out / "overlay.mp4", fps=fps))
     bar = tqdm(unit="frame", desc="streaming")
@@ -115,6 +119,7 @@ def stream_to_folder(runtime, source, out: Path, masks: bool = True, video: bool
                "staleness_ms_p50": 1000 * _pct(staleness, 50), "staleness_ms_p99": 1000 * _pct(staleness, 99),
                "stats": stats.snapshot(), **(extra_summary or {})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "queries.json").write_text(json.dumps(runtime.query_table(), indent=2))
     print(f"{stats.frames} frames in {wall:.1f} s ({summary['output_fps']:.1f} fps, {stats.dropped_late} dropped late); "
           f"reasoning steps {stats.reasoning_completed} done / {stats.reasoning_failed} failed; wrote {out}")
     if stats.last_error:

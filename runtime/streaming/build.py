@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .reasoner import VisaReasoner
@@ -26,8 +27,9 @@ class PipelineConfig:
     reasoner_token: str | None = None  # the server's shared token
 
 
-def build_runtime(cfg: PipelineConfig, query: str = "") -> StreamingRuntime:
-    """Load everything ``cfg`` names and return a running ``StreamingRuntime`` (reasoning remote with a reasoner_url)."""
+def build_runtime(cfg: PipelineConfig, query: str | Sequence[str] = "") -> StreamingRuntime:
+    """Load everything ``cfg`` names and return a running ``StreamingRuntime`` (reasoning remote with a reasoner_url)
+    for ``query`` (one, or a list of several)."""
     from ..backends.loading import load_engines
     from ..config import DTYPES
     from ..model import VisaModel

@@ -27,6 +27,15 @@ failing step (an exception of any kind, or a result that is not a 0/1 mask of th
 size) is counted and retried after ``retry_delay_s``; a reasoner call running longer than
 ``step_timeout_s`` is reported as hung and its worker abandoned (a daemon thread; a fresh
 one takes the next request). Frame indices must increase; ``reset()`` restarts a stream.
+
+Several queries: each query has a stable id (1..255, never reused by a runtime; ``add_query``,
+``remove_query``, ``set_queries``; ``set_query`` replaces them all by one). One reasoning step
+serves every current query (the reasoner gets the list, or the plain string when there is one);
+a new query requests a step at once and joins the published objects when its result is swapped
+in; a removed one leaves the next frame's labels. The tracker is anchored with a label image of
+the step's masks (slots 1..K in query order, mapped back to the ids on output; an empty mask is
+still an object); where masks overlap the smaller mask wins (an object inside another, a hat on
+a person, survives), equal areas going to the older query.
 """
 
 from __future__ import annotations
@@ -39,13 +48,15 @@ import traceback
 import typing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import InputError
+from ..networks import MAX_QUERIES
 from ..tracking import Tracker, TrackOutput
+from ..tracking.base import MAX_OBJECT_ID
 from .sources import Frame
 from .window import FrameBuffer, sample_references
 
@@ -162,12 +173,28 @@ class ReasonOutput:
 
 
 class Reasoner(Protocol):
-    def __call__(self, frames: Sequence[Frame], query: str) -> ReasonOutput: ...
+    def __call__(self, frames: Sequence[Frame], query: str | Sequence[str]) -> ReasonOutput: ...
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """One query's object in a frame: its pixels are ``FrameResult.labels == id``."""
+
+    id: int  # the query's stable id (1..255)
+    query: str
+    confidence: float  # the tracker's for this object (0 before its first reasoning result)
+    mask_source: str  # one of MASK_SOURCES ("none": no reasoning result for it yet)
+    anchor_index: int | None  # frame its mask was reasoned on
+    mask_fraction: float  # share of the frame's pixels
 
 
 @dataclass
 class FrameResult:
-    """The published mask of one frame and its metadata."""
+    """The published masks of one frame and their metadata.
+
+    ``mask``, ``confidence``, ``mask_source``, ``anchor_index`` and ``query`` are the first
+    (oldest) current query's; ``labels`` and ``objects`` hold every query's.
+    """
 
     frame: Frame
     mask: np.ndarray  # uint8 [H,W] 0/1
@@ -181,6 +208,13 @@ class FrameResult:
     anchor_latency: dict[str, float] | None = None  # seconds per stage of the reasoning step behind the anchor
     delay_s: float | None = None  # live sources: capture -> ready, on the runtime's clock (see process())
     pasted: bool = False  # the anchor's mask was pasted on a later frame (its catch-up still running)
+    labels: np.ndarray | None = None  # uint8 [H,W]: 0 background, k = query id k (None: built from ``mask``)
+    objects: tuple[ObjectResult, ...] = ()  # one per current query, in id order
+
+    def __post_init__(self):
+        if self.labels is None:
+            first = self.objects[0].id if self.objects else 1
+            self.labels = self.mask.astype(np.uint8) * np.uint8(first)
 
     @property
     def anchor_age(self) -> int | None:
@@ -209,6 +243,10 @@ class FrameResult:
             "track_ms": round(self.track_s * 1000, 3),
             "anchor_latency_ms": None if self.anchor_latency is None
             else {k: round(v * 1000, 3) for k, v in self.anchor_latency.items()},
+            "objects": [{"id": o.id, "query": o.query, "mask_source": o.mask_source, "anchor_index": o.anchor_index,
+                         "anchor_age": None if o.anchor_index is None else self.frame.index - o.anchor_index,
+                         "confidence": round(float(o.confidence), 4), "mask_fraction": round(o.mask_fraction, 5)}
+                        for o in self.objects],
         }
 
 
@@ -262,6 +300,51 @@ def check_reason_output(result: Any, shape: tuple[int, int], where: str) -> np.n
     return mask.astype(np.uint8)
 
 
+def check_reason_masks(result: Any, count: int, shape: tuple[int, int], where: str) -> np.ndarray:
+    """The uint8 0/1 masks [count,H,W] of a reasoner's ``result`` (``mask`` alone for one query), or InputError."""
+    if count == 1:
+        return check_reason_output(result, shape, where)[None]
+    masks = getattr(result, "masks", None)
+    if not isinstance(masks, np.ndarray) or masks.shape != (count, *shape):
+        found = masks.shape if isinstance(masks, np.ndarray) else type(masks).__name__
+        raise InputError(f"{where}: reasoner returned masks {found}; expected a numpy array {(count, *shape)}, "
+                         f"one mask per query")
+    if masks.dtype != np.bool_ and not np.issubdtype(masks.dtype, np.integer) or masks.size and (
+            masks.min() < 0 or masks.max() > 1):
+        raise InputError(f"{where}: masks of dtype {masks.dtype}; expected uint8 or bool 0/1 values")
+    return masks.astype(np.uint8)
+
+
+def label_image(masks: np.ndarray) -> np.ndarray:
+    """uint8 [H,W] label image of 0/1 ``masks`` [K,H,W]: 0 background, k = masks[k-1].
+
+    Overlaps go to the smaller mask (an object inside another keeps its pixels); equal areas to the lower k.
+    """
+    labels = np.zeros(masks.shape[1:], np.uint8)
+    areas = masks.reshape(len(masks), -1).sum(1, dtype=np.int64)
+    for k in sorted(range(len(masks)), key=lambda k: (-areas[k], -k)):  # largest first, the winners paint last
+        labels[masks[k] > 0] = k + 1
+    return labels
+
+
+def publish_objects(out: TrackOutput | None, slots: tuple[int, ...], queries: dict[int, str], source: str,
+                    anchor: int | None, shape: tuple[int, int]) -> tuple[np.ndarray, tuple[ObjectResult, ...]]:
+    """The label image (query ids) and per-query results of tracker output ``out``, whose object
+    slot k is query ``slots[k-1]``: removed queries are left out; a query not in the tracker yet
+    is empty, with source "none"."""
+    lut, confidences = np.zeros(MAX_OBJECT_ID + 1, np.uint8), {}
+    if out is not None:
+        for slot, conf in zip(out.objects, out.object_confidences):
+            if 1 <= slot <= len(slots) and slots[slot - 1] in queries:
+                lut[slot], confidences[slots[slot - 1]] = slots[slot - 1], float(conf)
+    labels = lut[out.labels] if out is not None else np.zeros(shape, np.uint8)
+    counts = np.bincount(labels.ravel(), minlength=MAX_OBJECT_ID + 1) / max(labels.size, 1)
+    return labels, tuple(
+        ObjectResult(qid, text, confidences.get(qid, 0.0), source if qid in confidences else "none",
+                     anchor if qid in confidences else None, float(counts[qid]))
+        for qid, text in queries.items())
+
+
 class StreamingRuntime:
     """Publishes one mask per frame while the reasoning step reruns on a sliding window.
 
@@ -271,7 +354,7 @@ class StreamingRuntime:
     """
 
     def __init__(self, reasoner: Reasoner, tracker_factory: Callable[[], Tracker], config: StreamConfig = StreamConfig(),
-                 query: str = ""):
+                 query: str | Sequence[str] = ""):
         self.reasoner = reasoner
         self.tracker_factory = tracker_factory
         self.config = config
@@ -286,9 +369,15 @@ class StreamingRuntime:
         self._anchor: int | None = None
         self._pasted = False  # the published tracker is a naive paste of the anchor's mask (see _catch_up)
         self._anchor_latency: dict[str, float] | None = None
-        self._query = ""
-        self._generation = 0  # bumped by a query change or reset: older results are discarded
-        self._pending: tuple[int, int, str] | None = None  # (generation, target index, query)
+        self._queries: dict[int, str] = {}  # current queries by stable id, in id order
+        self._next_id = 1
+        self._tracker_ids: tuple[int, ...] = ()  # the query id of each object slot (1..K) of the published tracker
+        self.query_log: list[dict] = []  # every query: id, query, added_frame, removed_frame (None: not yet)
+        self._unstamped: list[tuple[dict, str]] = []  # log entries whose frame is the next one processed
+        self._last_labels: np.ndarray | None = None
+        self._last_objects: tuple[ObjectResult, ...] = ()
+        self._generation = 0  # bumped by set_query or reset: older results are discarded
+        self._pending: tuple[int, int, tuple[tuple[int, str], ...]] | None = None  # (generation, target, (id, query)s)
         self._busy = False
         self._step_started: float | None = None  # when the running reasoner call began (None: none running)
         self._epoch = 0  # the current worker's; an abandoned worker sees another value and exits
@@ -305,12 +394,31 @@ class StreamingRuntime:
         self._periods: deque[float] = deque(maxlen=32)  # camera periods from timestamps
         self._track_times: deque[float] = deque(maxlen=16)  # recent live tracker steps
         self._start_worker()
-        if query:
-            self.set_query(query)
+        if isinstance(query, str):
+            if query:
+                self.set_query(query)
+        else:
+            self.set_queries(query)
 
     @property
     def query(self) -> str:
-        return self._query
+        """The first (oldest) current query; "" when paused."""
+        with self._lock:
+            return next(iter(self._queries.values()), "")
+
+    @property
+    def queries(self) -> dict[int, str]:
+        """The current queries by stable id, in id order."""
+        with self._lock:
+            return dict(self._queries)
+
+    def query_table(self) -> dict[str, dict]:
+        """Every query this runtime has had, by id (a JSON object key): its text and the first frame
+        index processed after it was added / removed (None: not yet, or still current)."""
+        with self._lock:
+            return {str(e["id"]): {"query": e["query"], "added_frame": e["added_frame"],
+                                   "removed_frame": e["removed_frame"], "current": e["id"] in self._queries}
+                    for e in self.query_log}
 
     @property
     def feature_cache(self):
@@ -323,14 +431,104 @@ class StreamingRuntime:
         The reasoner's ``check_query`` (if it has one) validates it first; on InputError the
         previous query stays active.
         """
-        check = getattr(self.reasoner, "check_query", None)
-        if check is not None and query.strip():
-            check(query)
+        texts = self._checked([query] if query.strip() else [], 1)
         with self._lock:
-            self._query = " ".join(query.split())
+            for qid in list(self._queries):
+                self._remove(qid)
+            for text in texts:
+                self._add(text)
             self._forget_tracking()
         with self._cond:
             self._pending = None
+
+    def add_query(self, query: str) -> int:
+        """Add a query (checked like ``set_query``) and return its id; it joins the next reasoning step,
+        requested at once. A query already current keeps its id."""
+        texts = self._checked([query], 1)
+        if not texts:
+            raise InputError("add_query(''): empty query; expected text (set_query('') pauses)")
+        text = texts[0]
+        with self._lock:
+            known = {t: qid for qid, t in self._queries.items()}
+            if text in known:
+                return known[text]
+            if len(known) >= MAX_QUERIES:
+                raise InputError(f"query {text!r}: {len(known)} queries already; expected at most {MAX_QUERIES}")
+            qid = self._add(text)
+            self._last_request_index = None
+            return qid
+
+    def remove_query(self, query_id: int) -> None:
+        """Remove the query ``query_id``: its object leaves the next frame's labels; none left pauses."""
+        with self._lock:
+            if query_id not in self._queries:
+                raise InputError(f"query id {query_id!r}: not a current query; current ids {list(self._queries)}")
+            self._remove(query_id)
+            if not self._queries:
+                self._forget_tracking()
+        if not self._queries:
+            with self._cond:
+                self._pending = None
+
+    def set_queries(self, queries: Sequence[str]) -> list[int]:
+        """Make ``queries`` the current ones: those already current keep their ids, the others are
+        removed, new ones added (a step requested at once). Returns their ids in the given order."""
+        if isinstance(queries, str):
+            raise InputError(f"queries {queries!r}: expected a list of strings, got one string")
+        current = self.queries
+        texts = self._checked(queries, len(set(self._normal(q) for q in queries) - set(current.values())))
+        with self._lock:
+            known = {t: qid for qid, t in self._queries.items()}
+            for qid, text in list(self._queries.items()):
+                if text not in texts:
+                    self._remove(qid)
+            ids = [known.get(t) or self._add(t) for t in dict.fromkeys(texts)]
+            if any(t not in known for t in texts):
+                self._last_request_index = None
+            if not self._queries:
+                self._forget_tracking()
+            by_text = dict(zip(dict.fromkeys(texts), ids))
+        return [by_text[t] for t in texts]
+
+    @staticmethod
+    def _normal(query: str) -> str:
+        return " ".join(query.split())
+
+    def _checked(self, queries: Sequence[str], new: int) -> list[str]:
+        """``queries`` normalised, each checked by the reasoner's ``check_query`` (if it has one);
+        InputError for a non-string, an empty query, too many queries or ids used up (``new``: how
+        many would get a new id)."""
+        bad = [type(q).__name__ for q in queries if not isinstance(q, str)]
+        if bad:
+            raise InputError(f"queries: expected strings, got {bad}")
+        texts = [self._normal(q) for q in queries]
+        if len(texts) > 1 and "" in texts:
+            raise InputError(f"queries {list(queries)!r}: an empty query among several; expected non-empty queries")
+        if len(set(texts)) > MAX_QUERIES:
+            raise InputError(f"queries: {len(set(texts))} given; expected at most {MAX_QUERIES} per reasoning step")
+        if self._next_id + new - 1 > MAX_OBJECT_ID:
+            raise InputError(f"query ids 1..{MAX_OBJECT_ID} are used up in this runtime (ids are never reused); "
+                             "start a new runtime")
+        check = getattr(self.reasoner, "check_query", None)
+        for text in texts:
+            if check is not None and text:
+                check(text)
+        return [t for t in texts if t]
+
+    def _add(self, text: str) -> int:
+        """Give ``text`` the next id (holding ``_lock``)."""
+        qid, self._next_id = self._next_id, self._next_id + 1
+        self._queries[qid] = text
+        entry = {"id": qid, "query": text, "added_frame": None, "removed_frame": None}
+        self.query_log.append(entry)
+        self._unstamped.append((entry, "added_frame"))
+        return qid
+
+    def _remove(self, qid: int) -> None:
+        """Drop query ``qid`` (holding ``_lock``)."""
+        del self._queries[qid]
+        entry = next(e for e in self.query_log if e["id"] == qid)
+        self._unstamped.append((entry, "removed_frame"))
 
     def reset(self) -> None:
         """Restart the stream: frame indices may start again; clears buffer, trackers, caches and the reasoner's."""
@@ -352,7 +550,7 @@ class StreamingRuntime:
     def _forget_tracking(self) -> None:
         """Drop the tracker and anchor and start a new generation (holding ``_lock``)."""
         self._generation += 1
-        self._tracker, self._tracker_upto, self._tracker_out = None, -1, None
+        self._tracker, self._tracker_upto, self._tracker_out, self._tracker_ids = None, -1, None, ()
         self._anchor, self._anchor_latency, self._pasted = None, None, False
         self._last_request_index = None
         self._retry_at = None
@@ -382,19 +580,23 @@ class StreamingRuntime:
                              "frame indices must increase (call reset() to restart a stream)")
         self._last_index = frame.index
         self.stats.frames += 1
+        with self._lock:
+            for entry, key in self._unstamped:
+                entry[key] = frame.index
+            self._unstamped.clear()
         self._check_hung()
         due = self._capture_time(frame, arrival) if live else None
         if due is not None and self._late(due):
             return self._drop(frame, arrival, due)
         self.buffer.add(frame)
-        if self._query and self._should_reason(frame.index):
+        if self._queries and self._should_reason(frame.index):
             self._submit(frame.index)
             if self.config.blocking:
                 self._wait_idle()
         t0 = time.monotonic()
         with self._lock:
-            query, anchor, latency, tracker, pasted = (self._query, self._anchor, self._anchor_latency, self._tracker,
-                                                       self._pasted)
+            queries, anchor, latency, tracker, pasted, slots = (dict(self._queries), self._anchor, self._anchor_latency,
+                                                                self._tracker, self._pasted, self._tracker_ids)
             if tracker is None:
                 out = None
             elif self._tracker_upto == frame.index:  # anchored on this very frame (a request made with it)
@@ -403,19 +605,22 @@ class StreamingRuntime:
                 out = tracker.step(frame.image, index=frame.index)
             self._live_upto = frame.index
         track_s = time.monotonic() - t0
-        if out is None:
-            mask, conf = np.zeros(frame.image.shape[:2], np.uint8), 0.0
-            source = "none" if query else "paused"
-        else:
-            mask, conf = out.mask, float(out.confidence)
-            source = "reasoning" if anchor == frame.index else "tracked"
+        if out is not None:
             self._track_times.append(track_s)
-        low = source == "tracked" and conf < self.config.min_confidence  # a fresh reasoning mask is not "low"
+        source = "reasoning" if anchor == frame.index else "tracked"
+        labels, objects = publish_objects(out, slots, queries, source, anchor, frame.image.shape[:2])
+        first = objects[0] if objects else None
+        mask = (labels == first.id).astype(np.uint8) if first else labels
+        conf = first.confidence if first else 0.0
+        tracked = [o.confidence for o in objects if o.mask_source == "tracked"]
+        low = bool(tracked) and min(tracked) < self.config.min_confidence  # a fresh reasoning mask is not "low"
         self._low_streak = self._low_streak + 1 if low else 0
-        self._last_mask, self._last_conf = mask, conf
+        self._last_mask, self._last_conf, self._last_labels, self._last_objects = mask, conf, labels, objects
         ready = time.monotonic()
-        return FrameResult(frame, mask, conf, source, anchor, query, arrival, ready, track_s, latency,
-                           None if due is None else ready - due, pasted and out is not None)
+        return FrameResult(frame, mask, conf, first.mask_source if first else "paused",
+                           first.anchor_index if first else None, first.query if first else "", arrival, ready,
+                           track_s, latency, None if due is None else ready - due, pasted and out is not None,
+                           labels, objects)
 
     def _capture_time(self, frame: Frame, arrival: float) -> float:
         """The frame's capture time on the monotonic clock; updates the camera-period estimate."""
@@ -439,10 +644,15 @@ class StreamingRuntime:
         self.stats.dropped_late += 1
         shape = frame.image.shape[:2]
         last = self._last_mask
-        mask = last if last is not None and last.shape == shape else np.zeros(shape, np.uint8)
+        labels = self._last_labels if last is not None and last.shape == shape else np.zeros(shape, np.uint8)
+        queries = self.queries  # the last published objects still current, their pixels kept
+        objects = tuple(replace(o, mask_source="dropped") for o in self._last_objects if o.id in queries)
+        labels = np.where(np.isin(labels, [o.id for o in objects]), labels, 0).astype(np.uint8)
+        first = objects[0] if objects else None
+        mask = (labels == first.id).astype(np.uint8) if first else np.zeros(shape, np.uint8)
         ready = time.monotonic()
-        return FrameResult(frame, mask, self._last_conf, "dropped", self._anchor, self._query, arrival, ready, 0.0,
-                           self._anchor_latency, ready - due, self._pasted)
+        return FrameResult(frame, mask, first.confidence if first else 0.0, "dropped", self._anchor, self.query,
+                           arrival, ready, 0.0, self._anchor_latency, ready - due, self._pasted, labels, objects)
 
     def run(self, frames: Iterable[Frame], sinks: Sequence = (), on_result: Callable[[FrameResult], None] | None = None,
             live: bool | None = None) -> RuntimeStats:
@@ -527,7 +737,7 @@ class StreamingRuntime:
         with self._cond:
             if self._pending is not None:
                 self.stats.reasoning_coalesced += 1
-            self._pending = (self._generation, index, self._query)
+            self._pending = (self._generation, index, tuple(self.queries.items()))
             self._cond.notify_all()
 
     def _wait_idle(self) -> None:
@@ -564,7 +774,8 @@ class StreamingRuntime:
     def _current(self, epoch: int, generation: int) -> bool:
         return epoch == self._epoch and generation == self._generation
 
-    def _reason_and_anchor(self, epoch: int, generation: int, target: int, query: str) -> None:
+    def _reason_and_anchor(self, epoch: int, generation: int, target: int, queries: tuple[tuple[int, str], ...]) -> None:
+        ids, texts = tuple(q[0] for q in queries), [q[1] for q in queries]
         window = self.buffer.window(target, self.config.window)
         if not window or window[-1].index != target:
             self.stats.results_discarded += 1
@@ -574,7 +785,7 @@ class StreamingRuntime:
         with self._cond:
             t0 = self._step_started = time.monotonic()
         try:
-            result = self.reasoner(refs + [window[-1]], query)
+            result = self.reasoner(refs + [window[-1]], texts[0] if len(texts) == 1 else texts)
         finally:
             with self._cond:
                 if epoch == self._epoch:
@@ -583,14 +794,15 @@ class StreamingRuntime:
             self.stats.results_discarded += 1
             return
         try:
-            mask = check_reason_output(result, window[-1].image.shape[:2], f"reasoning result for frame {target}")
+            masks = check_reason_masks(result, len(texts), window[-1].image.shape[:2],
+                                       f"reasoning result for frame {target}")
         except InputError:
             self.stats.reasoning_invalid += 1
             raise
         self.stats.reasoning_s.append(time.monotonic() - t0)
         self.stats.reasoning_completed += 1
         latency = {**result.timings, "reasoning": self.stats.reasoning_s[-1]}
-        outcome = self._catch_up(epoch, generation, window[-1], mask, latency)
+        outcome = self._catch_up(epoch, generation, window[-1], label_image(masks), ids, latency)
         if outcome == "swapped":
             self.stats.catchup_s.append(latency["catchup"])
         elif outcome == "abandoned":
@@ -598,17 +810,19 @@ class StreamingRuntime:
         else:
             self.stats.results_discarded += 1
 
-    def _catch_up(self, epoch: int, generation: int, anchor: Frame, mask: np.ndarray, latency: dict[str, float]) -> str:
-        """Anchor a fresh tracker at ``anchor``, step it through the frames the live tracker has
-        tracked since, and swap it in once it has seen all of them (see the module docstring).
-        ``latency`` (the step's stage timings) gains ``catchup`` and is published with the anchor.
-        Returns "swapped", "abandoned" (it could not keep up with the camera) or "discarded".
+    def _catch_up(self, epoch: int, generation: int, anchor: Frame, labels: np.ndarray, ids: tuple[int, ...],
+                  latency: dict[str, float]) -> str:
+        """Anchor a fresh tracker at ``anchor`` with ``labels`` (slot k = query ``ids[k-1]``), step it
+        through the frames the live tracker has tracked since, and swap it in once it has seen all of
+        them (see the module docstring). ``latency`` (the step's stage timings) gains ``catchup`` and
+        is published with the anchor. Returns "swapped", "abandoned" (it could not keep up with the
+        camera) or "discarded".
         """
         start = time.monotonic()
-        self._paste_if_nothing_published(epoch, generation, anchor.index, mask, latency)
+        self._paste_if_nothing_published(epoch, generation, anchor.index, labels, ids, latency)
         shadow = self.tracker_factory()
         upto = anchor.index
-        out = shadow.anchor(anchor.image, mask, index=anchor.index)
+        out = shadow.anchor(anchor.image, labels, objects=tuple(range(1, len(ids) + 1)), index=anchor.index)
         steps: deque[float] = deque(maxlen=3)
         for passes in range(1, self.config.catchup_passes + 1):
             with self._lock:
@@ -636,7 +850,7 @@ class StreamingRuntime:
                     if behind:
                         self.stats.catchup_forced += 1
                     latency["catchup"] = time.monotonic() - start
-                    self._tracker, self._tracker_upto, self._tracker_out = shadow, upto, out
+                    self._tracker, self._tracker_upto, self._tracker_out, self._tracker_ids = shadow, upto, out, ids
                     self._anchor, self._anchor_latency, self._pasted = anchor.index, latency, False
                     return "swapped"
         return "discarded"
@@ -652,8 +866,8 @@ class StreamingRuntime:
         frame, or the same frame replacing its naive paste."""
         return self._anchor is None or index > self._anchor or index == self._anchor and self._pasted
 
-    def _paste_if_nothing_published(self, epoch: int, generation: int, index: int, mask: np.ndarray,
-                                    latency: dict[str, float]) -> None:
+    def _paste_if_nothing_published(self, epoch: int, generation: int, index: int, labels: np.ndarray,
+                                    ids: tuple[int, ...], latency: dict[str, float]) -> None:
         """With no tracker published yet (stream start, new query), publish the mask of frame ``index``
         pasted on the newest tracked frame at once; the caught-up tracker replaces it. Nothing is
         cached for the frames before the first tracker, so that catch-up is slow, and a stale mask
@@ -665,10 +879,10 @@ class StreamingRuntime:
         if newest is None or newest.index <= index:
             return
         paste = self.tracker_factory()
-        out = paste.anchor(newest.image, mask, index=newest.index)
+        out = paste.anchor(newest.image, labels, objects=tuple(range(1, len(ids) + 1)), index=newest.index)
         with self._lock:  # frames tracked meanwhile are jumped over by the live tracker's next step
             if self._tracker is None and self._current(epoch, generation):
-                self._tracker, self._tracker_upto, self._tracker_out = paste, newest.index, out
+                self._tracker, self._tracker_upto, self._tracker_out, self._tracker_ids = paste, newest.index, out, ids
                 self._anchor, self._anchor_latency, self._pasted = index, dict(latency), True
                 self.stats.pasted += 1
 

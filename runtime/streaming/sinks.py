@@ -18,14 +18,36 @@ SOURCE_COLOURS = {"reasoning": (255, 80, 0), "tracked": (0, 200, 60), "none": (1
 
 
 class PngSink:
-    """``folder/<frame name>.png`` (0/255), the DAVIS layout for one sequence."""
+    """``folder/<frame name>.png`` (0/255), the DAVIS layout for one sequence; ``per_query``:
+    ``folder/<query id>/<frame name>.png`` for every current query instead (several queries)."""
+
+    def __init__(self, folder: str | Path, per_query: bool = False):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.per_query = per_query
+
+    def write(self, result: FrameResult) -> None:
+        if not self.per_query:
+            write_mask(self.folder / f"{result.frame.name}.png", result.mask)
+            return
+        for obj in result.objects:
+            write_mask(self.folder / str(obj.id) / f"{result.frame.name}.png", result.labels == obj.id)
+
+    def close(self) -> None:
+        """Nothing buffered."""
+
+
+class LabelSink:
+    """``folder/<frame name>.png``: the frame's label image (uint8 grey, 0 background, k = query id k)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, result: FrameResult) -> None:
-        write_mask(self.folder / f"{result.frame.name}.png", result.mask)
+        path = self.folder / f"{result.frame.name}.png"
+        if not cv2.imwrite(str(path), np.ascontiguousarray(result.labels, np.uint8)):
+            raise InputError(f"{path}: could not write the label image")
 
     def close(self) -> None:
         """Nothing buffered."""
@@ -84,7 +106,13 @@ class OverlayVideoSink:
                 raise InputError(f"{self.path}: could not open an mp4 writer")
         age = "" if result.anchor_age is None else f" age {result.anchor_age}"
         caption = f"#{result.frame.index} {result.mask_source}{age} conf {result.confidence:.2f}"
-        frame = overlay(img, result.mask, result.mask_source, caption)
+        if len(result.objects) > 1:  # every query's object, each tinted by its own source
+            frame = img
+            for i, obj in enumerate(result.objects):
+                last = i == len(result.objects) - 1
+                frame = overlay(frame, result.labels == obj.id, obj.mask_source, caption if last else "")
+        else:
+            frame = overlay(img, result.mask, result.mask_source, caption)
         if (frame.shape[1], frame.shape[0]) != self._size:  # the video keeps its first frame size
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
