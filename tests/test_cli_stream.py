@@ -33,7 +33,8 @@ def test_run_writes_one_mask_and_record_per_frame(tiny_checkpoint, tmp_path):
         write_rgb(frames / f"f{i:03d}.jpg", synthetic.frame(i))
     out = tmp_path / "out"
     rc = main(["run", *model_args(tiny_checkpoint), "--source", str(frames), "--query", "the red ball",
-               "--out", str(out), "--blocking", "--every-frames", "5", "--window", "6", "--references", "3"])
+               "--out", str(out), "--blocking", "--every-frames", "5", "--window", "6", "--references", "3",
+               "--min-confidence", "0"])  # cadence only: the untrained model's masks would trigger low confidence
     assert rc == 0
     assert sorted(p.name for p in (out / "masks").iterdir()) == [f"f{i:03d}.png" for i in range(12)]
     records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
