@@ -1,9 +1,11 @@
 """The visa_edge ROS 2 node: camera frames in, one mask per frame out (plain or managed).
 
 Topics (relative names, remap as usual) are listed in ros_node/README.md: ``image``,
-``camera_info`` and ``query`` in; ``mask``, ``mask_info``, ``mask_roi``, ``mask_polygon``,
-``mask_markers``, ``mask/camera_info``, ``overlay`` (and ``detections`` where vision_msgs is
-installed) out; ``/diagnostics``; service ``reason_now``.
+``camera_info``, ``query`` and ``queries`` (several, a JSON list) in; ``mask`` (the first
+query's), ``labels`` (every query's: label image of query ids), ``query_ids`` (latched: JSON
+ids -> queries), ``mask_info``, ``mask_roi``, ``mask_polygon``, ``mask_markers``,
+``mask/camera_info``, ``overlay`` (and ``detections`` where vision_msgs is installed) out;
+``/diagnostics``; service ``reason_now``.
 
 Threads: the executor runs the callbacks, none of which blocks (the image callback decodes
 and pushes into a bounded drop-oldest queue); one processing thread runs
@@ -20,12 +22,14 @@ first); cleanup stops the thread and frees the runtime.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Point32, Polygon, PolygonStamped
@@ -130,7 +134,7 @@ class _VisaEdge:
         self._pub_lock = threading.Lock()  # guards the publishers against deactivation while publishing
         self._headers: dict[int, tuple[Header, float]] = {}  # frame index -> (input header, arrival), in flight
         self._camera_infos: OrderedDict[tuple[int, int], CameraInfo] = OrderedDict()  # by stamp
-        self._seen_queries: deque[tuple[int, int]] = deque(maxlen=16)  # (source time, sequence) taken
+        self._seen_queries: deque[tuple[str, int, int]] = deque(maxlen=16)  # (topic, source time, sequence) taken
         self._recent: deque[ResultInfo] = deque(maxlen=RECENT_RESULTS)
         self._last_report: Report | None = None
         self._active = False
@@ -223,6 +227,8 @@ class _VisaEdge:
                 "mask_markers": self.create_publisher(MarkerArray, "mask_markers", out_qos),
                 "camera_info": self.create_publisher(CameraInfo, "mask/camera_info", out_qos),
                 "overlay": self.create_publisher(Image, "overlay", out_qos),
+                "labels": self.create_publisher(Image, "labels", out_qos),
+                "query_ids": self.create_publisher(String, "query_ids", QUERY_QOS),
             }
             if Detection2DArray is not None:
                 self.pubs["detections"] = self.create_publisher(Detection2DArray, "detections", out_qos)
@@ -235,7 +241,11 @@ class _VisaEdge:
             "query": self.create_subscription(String, "query", self._on_query, QUERY_QOS, event_callbacks=(
                 SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_query_qos))),
             "query_volatile": self.create_subscription(String, "query", self._on_query, VOLATILE_QUERY_QOS),
+            "queries": self.create_subscription(String, "queries", self._on_queries, QUERY_QOS, event_callbacks=(
+                SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_query_qos))),
+            "queries_volatile": self.create_subscription(String, "queries", self._on_queries, VOLATILE_QUERY_QOS),
         }
+        self._publish_query_ids()
         self.reason_srv = self.create_service(Trigger, "reason_now", self._on_reason_now)
         kind = "compressed" if cfg.compressed else "raw"
         self.get_logger().info(f"active: {kind} images on {self.subs['image'].topic_name} ({cfg.input_qos}), "
@@ -318,26 +328,72 @@ class _VisaEdge:
         if event.last_policy_kind != QoSPolicyKind.DURABILITY:
             self.get_logger().warning(f"a query publisher offers an incompatible QoS ({event.last_policy_kind.name})")
 
-    def _on_query(self, msg: String, info) -> None:
-        key = (info["source_timestamp"], info["publication_sequence_number"])
-        if key in self._seen_queries:  # a latched publisher's message, already taken by the other subscription
-            return
+    def _first_take(self, topic: str, info) -> bool:
+        """Whether a query message is new: a latched publisher's matches both subscriptions of a topic."""
+        key = (topic, info["source_timestamp"], info["publication_sequence_number"])
+        if key in self._seen_queries:
+            return False
         self._seen_queries.append(key)
-        self._set_query(msg.data)
+        return True
+
+    def _on_query(self, msg: String, info) -> None:
+        if self._first_take("query", info):
+            self._set_query(msg.data)
+
+    def _on_queries(self, msg: String, info) -> None:
+        if self._first_take("queries", info):
+            self._set_queries(msg.data)
 
     def _set_query(self, query: str) -> None:
         """Apply a query, unless the reasoner refuses it (logged, reported; the previous one stays)."""
         try:
             self.runtime.set_query(query)  # the reasoner's check_query, if it has one, may refuse it
         except InputError as e:
-            self.counters.queries_refused += 1
-            self.counters.query_error = f"{e} ({len(query)} chars)"
-            self.get_logger().warning(f"query refused: {self.counters.query_error}; "
-                                      f"still using {short(self.runtime.query)!r}")
+            self._refuse(f"{e} ({len(query)} chars)")
             return
+        self._accepted()
+
+    def _set_queries(self, text: str) -> None:
+        """Apply a JSON list of queries (ids kept for those already current), unless it is refused
+        (not a JSON list of strings, or a query the reasoner refuses: logged, reported, nothing changes)."""
+        try:
+            queries = json.loads(text)
+        except json.JSONDecodeError as e:
+            self._refuse(f"queries {short(text)!r}: not JSON ({e}); expected a JSON list of strings")
+            return
+        if not isinstance(queries, list):
+            self._refuse(f"queries {short(text)!r}: a JSON {type(queries).__name__}; expected a JSON list of strings")
+            return
+        try:
+            self.runtime.set_queries(queries)
+        except InputError as e:
+            self._refuse(str(e))
+            return
+        self._accepted()
+
+    def _refuse(self, error: str) -> None:
+        self.counters.queries_refused += 1
+        self.counters.query_error = error
+        queries = self.runtime.queries
+        using = repr(short(self.runtime.query)) if len(queries) <= 1 else f"{len(queries)} queries {queries}"
+        self.get_logger().warning(f"query refused: {error}; still using {using}")
+
+    def _accepted(self) -> None:
         self.counters.query_error = ""
         self.query_id += 1
-        self.get_logger().info(f"query: {short(self.runtime.query)!r}" if self.runtime.query else "query empty: paused")
+        queries = self.runtime.queries
+        if len(queries) > 1:
+            self.get_logger().info(f"queries: {({k: short(v) for k, v in queries.items()})}")
+        else:
+            self.get_logger().info(f"query: {short(self.runtime.query)!r}" if queries else "query empty: paused")
+        self._publish_query_ids()
+
+    def _publish_query_ids(self) -> None:
+        """The current ids -> queries on the latched ``query_ids`` topic (JSON object, ids as keys)."""
+        with self._pub_lock:
+            if self._active:
+                text = json.dumps({str(k): v for k, v in self.runtime.queries.items()})
+                self.pubs["query_ids"].publish(String(data=text))
 
     def _on_reason_now(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if not self.runtime.query:
@@ -396,6 +452,8 @@ class _VisaEdge:
             pubs = self.pubs
             pubs["mask"].publish(Image(header=header, height=h, width=w, encoding="mono8", step=w,
                                        data=mono8(result.mask)))
+            pubs["labels"].publish(Image(header=header, height=h, width=w, encoding="mono8", step=w,
+                                         data=np.ascontiguousarray(result.labels, np.uint8).tobytes()))
             pubs["mask_info"].publish(DiagnosticArray(header=header, status=[DiagnosticStatus(
                 level=DiagnosticStatus.OK, name="visa_edge mask", message=result.mask_source,
                 hardware_id=self.get_fully_qualified_name(),

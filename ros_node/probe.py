@@ -159,6 +159,8 @@ class Probe:
         self.duplicates: list[int] = []
         self.rois: list[tuple[int, int, int, int]] = []
         self.overlays: dict[int, tuple[str, int, int]] = {}
+        self.labels: dict[int, tuple[int, ...]] = {}  # label values of each frame's label image
+        self.query_ids: list[str] = []  # the id maps received (JSON)
         self.mask_infos: dict[int, dict[str, str]] = {}
         self.polygons: dict[int, tuple[str, list[tuple[float, float]]]] = {}
         self.camera_infos: dict[int, dict] = {}
@@ -174,6 +176,8 @@ class Probe:
             "mask/camera_info": self.node.create_subscription(CameraInfo, "mask/camera_info", self._on_camera_info,
                                                               qos),
             "overlay": self.node.create_subscription(Image, "overlay", self._on_overlay, qos),
+            "labels": self.node.create_subscription(Image, "labels", self._on_labels, qos),
+            "query_ids": self.node.create_subscription(String, "query_ids", self._on_query_ids, latched),
             "diagnostics": self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10),
             "rosout": self.node.create_subscription(Log, "/rosout", self._on_rosout, QoSProfile(
                 depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)),
@@ -213,6 +217,18 @@ class Probe:
         with self._cond:
             index = index_of(msg.header.stamp.sec, msg.header.stamp.nanosec)
             self.overlays[index] = (msg.encoding, msg.height, msg.width)
+            self._cond.notify_all()
+
+    def _on_labels(self, msg: Image) -> None:
+        pixels = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, :msg.width]
+        with self._cond:
+            self.labels[index_of(msg.header.stamp.sec, msg.header.stamp.nanosec)] = tuple(
+                int(v) for v in np.unique(pixels))
+            self._cond.notify_all()
+
+    def _on_query_ids(self, msg: String) -> None:
+        with self._cond:
+            self.query_ids.append(msg.data)
             self._cond.notify_all()
 
     def _on_mask_info(self, msg: DiagnosticArray) -> None:
@@ -348,12 +364,14 @@ class Probe:
 
     def received(self) -> dict:
         """Everything received so far: mask indices (in arrival order), duplicates, ROIs, overlays,
-        mask_info values, polygons, camera_infos and markers by frame index, /rosout lines."""
+        mask_info values, polygons, camera_infos, markers and label values by frame index, /rosout lines,
+        the query_ids maps."""
         with self._cond:
             return {"masks": list(self.masks), "duplicates": list(self.duplicates), "rois": list(self.rois),
                     "overlays": dict(self.overlays), "mask_infos": dict(self.mask_infos),
                     "polygons": dict(self.polygons), "camera_infos": dict(self.camera_infos),
-                    "markers": dict(self.markers), "rosout": list(self.rosout)}
+                    "markers": dict(self.markers), "rosout": list(self.rosout), "labels": dict(self.labels),
+                    "query_ids": list(self.query_ids)}
 
     def wait_received(self, kind: str, indices: list[int], timeout: float = 20.0) -> dict:
         """``received()[kind]`` (overlays, mask_infos, polygons, camera_infos, markers) once it has all ``indices``."""

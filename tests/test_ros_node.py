@@ -6,6 +6,7 @@ random domain; every wait is bounded and says what was missing."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import random
@@ -28,13 +29,15 @@ try:
     from rclpy.signals import SignalHandlerOptions
 
     from visa_edge.ros_node.node import ManagedVisaEdgeNode, VisaEdgeNode
-    from visa_edge.ros_node.probe import ProbeProcess, camera_k, frame_id_of, square_box
+    from visa_edge.ros_node.probe import (ProbeProcess, camera_k, frame_id_of, index_of, probe_frame, square_box,
+                                          stamp_of)
 except ImportError as e:
     pytest.skip(f"rclpy / ROS 2 message packages not importable ({e}); install them with pip install -e '.[ros]'",
                 allow_module_level=True)
 
 from visa_edge.runtime.errors import InputError
 from visa_edge.runtime.streaming import ReasonOutput, StreamConfig, StreamingRuntime
+from visa_edge.runtime.streaming.scheduler import label_image
 from visa_edge.runtime.tracking import Tracker, TrackOutput
 
 # rclpy's type support imports rosidl_parser -> lark, which imports the deprecated sre_* modules.
@@ -595,3 +598,138 @@ def test_cli_managed_node_with_the_tiny_checkpoint(ros_env, probe, tiny_checkpoi
             proc.kill()
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
+
+
+TOP_QUERY = "the top rows"
+
+
+def query_masks(image: np.ndarray, queries) -> np.ndarray:
+    """One mask per query: the red square, the rest, or the top half of the frame."""
+    red = image[..., 0] > 128
+    top = np.zeros(red.shape, bool)
+    top[: red.shape[0] // 2] = True
+    kinds = {SQUARE_QUERY: red, BACKGROUND_QUERY: ~red, TOP_QUERY: top}
+    return np.stack([kinds[q] for q in ([queries] if isinstance(queries, str) else queries)]).astype(np.uint8)
+
+
+class QueriesReasoner(RedReasoner):
+    def __call__(self, frames, queries):
+        self.calls.append((frames[-1].index, queries))
+        masks = query_masks(frames[-1].image, queries)
+        return ReasonOutput(masks[0], masks=masks)
+
+
+class KindTracker(Tracker):
+    """Keeps segmenting each object's kind (red / top / rest, told apart by its anchor pixels) in every frame."""
+
+    def reset(self) -> None:
+        self.kinds = ()
+
+    def step(self, frame, mask=None, *, objects=None, index=None) -> TrackOutput:
+        if mask is not None:
+            red, top = query_masks(frame, (SQUARE_QUERY, TOP_QUERY)) > 0
+            self.objects = tuple(objects)
+            self.kinds = tuple(SQUARE_QUERY if red[mask == k].all() else TOP_QUERY if top[mask == k].all() else
+                               BACKGROUND_QUERY for k in self.objects)
+        labels = label_image(query_masks(frame, self.kinds))
+        probs = np.stack([(labels == k + 1).astype(np.float32) for k in range(len(self.kinds))])
+        return TrackOutput(probs[0], 0.9, self.objects, probs, (0.9,) * len(self.objects))
+
+
+def expected_labels(index: int, ids: dict[int, str], removed=()) -> np.ndarray:
+    """Frame ``index``'s label image for queries ``ids`` (in slot order), ``removed`` ids blanked."""
+    labels = label_image(query_masks(probe_frame(index, H, W), list(ids.values())))
+    lut = np.array([0, *(0 if k in removed else k for k in ids)], np.uint8)
+    return lut[labels]
+
+
+class LabelsPeer:
+    """An in-process rclpy peer: takes ``labels``, publishes ``queries`` (latched) and reads the latched ``query_ids``."""
+
+    def __init__(self, context, namespace: str):
+        from rclpy.node import Node
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from visa_edge.ros_node.node import QUERY_QOS, qos_profile
+
+        self.String, self.qos = String, QUERY_QOS
+        self.node = Node("labels_peer", namespace=namespace, context=context)
+        self.labels: dict[int, tuple] = {}
+        self.cond = threading.Condition()
+        self.node.create_subscription(Image, "labels", self._on_labels, qos_profile("reliable", 64))
+        self.queries_pub = self.node.create_publisher(String, "queries", QUERY_QOS)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_labels(self, msg) -> None:
+        index = index_of(msg.header.stamp.sec, msg.header.stamp.nanosec)
+        pixels = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, :msg.width].copy()
+        with self.cond:
+            self.labels[index] = ((msg.header.stamp.sec, msg.header.stamp.nanosec), msg.header.frame_id,
+                                  msg.encoding, pixels)
+            self.cond.notify_all()
+
+    def wait_labels(self, indices, timeout=20.0) -> dict:
+        with self.cond:
+            assert self.cond.wait_for(lambda: all(i in self.labels for i in indices), timeout), \
+                f"labels of frames {sorted(set(indices) - set(self.labels))} never arrived"
+            return {i: self.labels[i] for i in indices}
+
+    def latched_query_ids(self, timeout=20.0) -> dict:
+        """What a subscriber that joins now gets on ``query_ids`` (the latched message)."""
+        got, event = [], threading.Event()
+        sub = self.node.create_subscription(self.String, "query_ids", lambda m: (got.append(m.data), event.set()),
+                                            self.qos)
+        try:
+            assert event.wait(timeout), "no latched message on query_ids"
+            return json.loads(got[-1])
+        finally:
+            self.node.destroy_subscription(sub)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.thread.join(10)
+        self.node.destroy_node()
+
+
+def test_three_queries_labels_and_the_latched_id_map(context, probe):
+    reasoner = QueriesReasoner()
+    runtime = StreamingRuntime(reasoner, KindTracker, StreamConfig(window=4, references=2, every_frames=None,
+                                                                     buffer_frames=64, blocking=True))
+    with running_node(context, probe, runtime) as node:
+        peer = LabelsPeer(context, node.get_namespace())
+        try:
+            queries = [SQUARE_QUERY, BACKGROUND_QUERY, TOP_QUERY]
+            peer.queries_pub.publish(peer.String(data=json.dumps(queries)))
+            probe.call("wait_diagnostics", until={"query": SQUARE_QUERY}, timeout=20.0)
+            ids = {1: SQUARE_QUERY, 2: BACKGROUND_QUERY, 3: TOP_QUERY}
+            assert peer.latched_query_ids() == {str(k): v for k, v in ids.items()}
+            sent = probe.call("publish_frames", first=0, count=4, height=H, width=W)
+            assert_square_masks(probe.call("wait_masks", indices=sent))  # the first query's, on `mask`
+            for i, (stamp, frame_id, encoding, labels) in peer.wait_labels(sent).items():
+                assert (stamp, frame_id, encoding) == (stamp_of(i), frame_id_of(i), "mono8"), i
+                assert np.array_equal(labels, expected_labels(i, ids)), i
+                assert set(np.unique(labels)) == {1, 2, 3}, i
+            peer.queries_pub.publish(peer.String(data=json.dumps([SQUARE_QUERY, TOP_QUERY])))
+            probe.call("wait_diagnostics", until={"query_id": "2"}, timeout=20.0)
+            assert peer.latched_query_ids() == {"1": SQUARE_QUERY, "3": TOP_QUERY}  # republished on change
+            sent = probe.call("publish_frames", first=4, count=2, height=H, width=W)
+            for i, (_, _, _, labels) in peer.wait_labels(sent).items():  # 2 gone at once, no new step
+                assert np.array_equal(labels, expected_labels(i, ids, removed=(2,))), i
+            peer.queries_pub.publish(peer.String(data=json.dumps([SQUARE_QUERY, TOP_QUERY, BACKGROUND_QUERY])))
+            probe.call("wait_diagnostics", until={"query_id": "3"}, timeout=20.0)
+            assert peer.latched_query_ids() == {"1": SQUARE_QUERY, "3": TOP_QUERY, "4": BACKGROUND_QUERY}
+            sent = probe.call("publish_frames", first=6, count=2, height=H, width=W)
+            later = {1: SQUARE_QUERY, 3: TOP_QUERY, 4: BACKGROUND_QUERY}
+            for i, (_, _, _, labels) in peer.wait_labels(sent).items():  # the re-added query has a new id
+                assert np.array_equal(labels, expected_labels(i, later)), i
+            assert [c[0] for c in reasoner.calls] == [0, 6]
+            assert reasoner.calls[1][1] == [SQUARE_QUERY, TOP_QUERY, BACKGROUND_QUERY]
+            peer.queries_pub.publish(peer.String(data='{"not": "a list"}'))
+            diag = probe.call("wait_diagnostics", until={"queries_refused": "1"}, timeout=20.0)
+            assert "expected a JSON list of strings" in diag["message"]
+        finally:
+            peer.close()
