@@ -14,7 +14,7 @@ from visa_edge.runtime.cli import main
 from visa_edge.runtime.errors import InputError
 from visa_edge.runtime.io import write_rgb
 from visa_edge.runtime.streaming import Frame, ReasonOutput, StreamConfig, StreamingRuntime
-from visa_edge.runtime.streaming.scheduler import label_image
+from visa_edge.runtime.streaming.scheduler import label_image, publish_objects
 from visa_edge.runtime.streaming.sinks import JsonlSink, LabelSink, PngSink
 from visa_edge.runtime.tracking import Tracker, TrackOutput
 from visa_edge.runtime.tracking.base import mask_objects
@@ -139,6 +139,20 @@ def test_label_image_overlaps_go_to_the_smaller_mask_then_the_older_query():
     labels = label_image(np.stack([big, small, twin]))
     assert labels[0].tolist() == [1, 1, 1, 1, 0, 0]
     assert labels[1].tolist() == [1, 1, 2, 2, 0, 0]  # small (2) beats big; twin (3) ties small and loses
+
+
+def test_published_labels_equal_the_trackers_own_with_slots_mapped_to_ids():
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 5):
+        probs = rng.random((k, 20, 30), dtype=np.float32) / k
+        probs[:, :4] = 1 / (k + 1)  # ties with the background and between objects
+        out = TrackOutput(probs[0], 0.9, tuple(range(1, k + 1)), probs if k > 1 else None, (0.9,) * k)
+        ids = tuple(range(11, 11 + k))
+        labels, objects = publish_objects(out, ids, {i: f"q{i}" for i in ids[1:]}, "tracked", 3, (20, 30))
+        lut = np.array([0, 0, *ids[1:]], np.uint8)  # the first id was removed: its pixels are background
+        assert np.array_equal(labels, lut[out.labels]), k
+        assert [(o.id, o.anchor_index) for o in objects] == [(i, 3) for i in ids[1:]]
+        assert [o.mask_fraction for o in objects] == [float((labels == i).mean()) for i in ids[1:]]
 
 
 def test_an_empty_mask_is_still_an_object():

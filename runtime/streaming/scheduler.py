@@ -9,11 +9,15 @@ live tracker cached in the factory's ``FeatureCache``), then swaps it in, in O(1
 tracker lock, as soon as it has seen every frame the live tracker has. A pass steps at most
 ``catchup_max_steps`` frames (a longer backlog is subsampled, evenly, ending at the newest);
 after ``catchup_passes`` passes the tracker is swapped in anyway (counted as forced; the live
-tracker then jumps over the frames left). For a live source, a catch-up whose steps each take
-a camera period or more cannot converge (the CPU is short): it is abandoned and the published
-tracker kept. While nothing is published yet (stream start, new query: no features are
-cached, the catch-up is slow) the result is first pasted on the newest frame ("naive"), then
-replaced once caught up.
+tracker then jumps over the frames left). While a query is set, the live path also fills the
+cache for every frame it buffers before any tracker steps it (the factory's ``precompute``,
+when it has one), also while no tracker exists yet: the first result of a stream or query
+catches up on cached features too. For a live source, a catch-up whose steps through uncached
+frames each take a camera period or more cannot converge (the CPU is short): it is abandoned
+and the published tracker kept. Steps through cached frames never count as too slow: the live
+path buffers frames no faster than it tracks them, and a cached step does less than a live one.
+While nothing is published yet (stream start, new query) the result is first pasted on the
+newest frame ("naive"), then replaced once caught up.
 
 The live path never waits behind a catch-up: the worker steps without holding the lock. For
 a live source (``process(..., live=True)``) a frame that would be published more than
@@ -337,7 +341,17 @@ def publish_objects(out: TrackOutput | None, slots: tuple[int, ...], queries: di
         for slot, conf in zip(out.objects, out.object_confidences):
             if 1 <= slot <= len(slots) and slots[slot - 1] in queries:
                 lut[slot], confidences[slots[slot - 1]] = slots[slot - 1], float(conf)
-    labels = lut[out.labels] if out is not None else np.zeros(shape, np.uint8)
+    if out is None:
+        labels = np.zeros(shape, np.uint8)
+    elif len(out.objects) == 1:  # the common case, without the argmax: p > 1 - p
+        labels = (out.prob > 0.5).astype(np.uint8) * lut[out.objects[0]]
+    else:  # TrackOutput.labels as a running maximum (several times faster than its argmax; same ties)
+        probs = out.object_probs
+        labels, top = np.zeros(shape, np.uint8), 1.0 - probs.sum(0)
+        for obj, plane in zip(out.objects, probs):
+            wins = plane > top
+            labels[wins] = lut[obj]
+            np.maximum(top, plane, out=top)
     counts = np.bincount(labels.ravel(), minlength=MAX_OBJECT_ID + 1) / max(labels.size, 1)
     return labels, tuple(
         ObjectResult(qid, text, confidences.get(qid, 0.0), source if qid in confidences else "none",
@@ -357,6 +371,8 @@ class StreamingRuntime:
                  query: str | Sequence[str] = ""):
         self.reasoner = reasoner
         self.tracker_factory = tracker_factory
+        self._precompute: Callable[[np.ndarray, int], None] | None = getattr(tracker_factory, "precompute", None)
+        self._precomputed_from: int | None = None  # first frame of the current unbroken run of precomputed frames
         self.config = config
         self.stats = RuntimeStats()
         self.buffer = FrameBuffer(config.buffer_frames)
@@ -539,6 +555,7 @@ class StreamingRuntime:
             self._clock_offset, self._previous_live = None, None
             self._periods.clear()
             self._last_mask = None
+            self._precomputed_from = None
         with self._cond:
             self._pending = None
         if self.feature_cache is not None:
@@ -589,6 +606,9 @@ class StreamingRuntime:
         if due is not None and self._late(due):
             return self._drop(frame, arrival, due)
         self.buffer.add(frame)
+        t0 = time.monotonic()
+        self._precompute_features(frame)  # before a request on this frame: its catch-up then finds it cached
+        precompute_s = time.monotonic() - t0
         if self._queries and self._should_reason(frame.index):
             self._submit(frame.index)
             if self.config.blocking:
@@ -604,7 +624,7 @@ class StreamingRuntime:
             else:
                 out = tracker.step(frame.image, index=frame.index)
             self._live_upto = frame.index
-        track_s = time.monotonic() - t0
+        track_s = precompute_s + time.monotonic() - t0
         if out is not None:
             self._track_times.append(track_s)
         source = "reasoning" if anchor == frame.index else "tracked"
@@ -621,6 +641,22 @@ class StreamingRuntime:
                            first.anchor_index if first else None, first.query if first else "", arrival, ready,
                            track_s, latency, None if due is None else ready - due, pasted and out is not None,
                            labels, objects)
+
+    def _precompute_features(self, frame: Frame) -> None:
+        """While a query is set, cache the buffered ``frame``'s per-frame features (factories with ``precompute``)."""
+        if self._precompute is None or not self._queries:
+            self._precomputed_from = None
+            return
+        self._precompute(frame.image, frame.index)
+        if self._precomputed_from is None:
+            self._precomputed_from = frame.index
+
+    def _features_cached(self, index: int) -> bool:
+        """Whether the live path precomputed frame ``index``'s features and the cache still holds them
+        (it evicts the oldest frames first; every frame touched is a buffered one)."""
+        cache, start = self.feature_cache, self._precomputed_from
+        return (cache is not None and start is not None and start <= index
+                and self._live_upto - index < getattr(cache, "max_frames", 0))
 
     def _capture_time(self, frame: Frame, arrival: float) -> float:
         """The frame's capture time on the monotonic clock; updates the camera-period estimate."""
@@ -832,10 +868,12 @@ class StreamingRuntime:
             if self.buffer.last_evicted > upto:
                 return "discarded"  # frames after the anchor left the buffer: cannot catch up
             todo = [f for f in self.buffer.after(upto) if f.index <= live_upto]
-            for frame in subsample(todo, self.config.catchup_max_steps):
+            picks = subsample(todo, self.config.catchup_max_steps)
+            for frame in picks:
                 t0 = time.monotonic()
                 out, upto = shadow.step(frame.image, index=frame.index), frame.index
-                steps.append(time.monotonic() - t0)
+                if len(picks) < len(todo) or not self._features_cached(frame.index):  # subsampled: new flows
+                    steps.append(time.monotonic() - t0)  # only uncached steps can be too slow to converge
                 self.stats.catchup_frames += 1
                 if self._cannot_keep_up(steps):
                     with self._lock:
@@ -869,9 +907,8 @@ class StreamingRuntime:
     def _paste_if_nothing_published(self, epoch: int, generation: int, index: int, labels: np.ndarray,
                                     ids: tuple[int, ...], latency: dict[str, float]) -> None:
         """With no tracker published yet (stream start, new query), publish the mask of frame ``index``
-        pasted on the newest tracked frame at once; the caught-up tracker replaces it. Nothing is
-        cached for the frames before the first tracker, so that catch-up is slow, and a stale mask
-        beats none."""
+        pasted on the newest tracked frame at once; the caught-up tracker replaces it (a stale mask
+        beats none while the catch-up runs)."""
         with self._lock:
             if self._tracker is not None or not self._current(epoch, generation):
                 return
