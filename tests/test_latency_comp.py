@@ -1,5 +1,6 @@
 """Latency compensation: catch-up reuses the live tracker's cached features, equals stepping every frame,
-never makes the live path wait, swaps without going back in time; live sources drop late frames."""
+never makes the live path wait, swaps without going back in time; live sources drop late frames; the live
+path precomputes every buffered frame's features, so the first catch-up of a stream gets only cache hits."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import time
 from collections import Counter
 
 import numpy as np
+import torch
 
 from visa_edge.runtime.streaming import Frame, ReasonOutput, StreamConfig, StreamingRuntime
 from visa_edge.runtime.streaming.sources import FrameListSource, Paced
 from visa_edge.runtime.tracking import Tracker, TrackOutput
 from visa_edge.runtime.tracking.cache import FeatureCache
+from visa_edge.runtime.tracking.factory import TrackerFactory, tracker_factory
+from visa_edge.runtime.tracking.flow import FlowTracker
+from visa_edge.runtime.tracking.xmem import XMemConfig, XMemModel, XMemTracker, xmem_torch_engines
 
 H, W = 8, 64
 
@@ -239,3 +244,139 @@ def test_a_recorded_source_is_never_dropped():
     out = paced_run(rt, 10, 30.0, live=False)
     assert rt.stats.dropped_late == 0 and all(r.delay_s is None for r in out)
     assert all(np.array_equal(r.mask, expected(0, r.frame.index)) for r in out)
+
+
+# --- features precomputed by the live path, also before the first tracker ---------------------------
+
+
+class PrecomputingShiftTracker(ShiftTracker):
+    def precompute(self, frame, index):
+        self.cache.get_or_compute(index, "mean", lambda: self._compute(index, frame))
+
+
+class GatedOracle(Oracle):
+    """Returns the mask of the frame asked about once the test opens ``gate``."""
+
+    def __init__(self):
+        super().__init__(0.0)
+        self.gate = threading.Event()
+
+    def __call__(self, frames, query):
+        self.gate.wait(10)
+        return super().__call__(frames, query)
+
+
+def test_the_first_catchup_gets_only_cache_hits_from_the_live_paths_precompute():
+    PrecomputingShiftTracker.computed = Counter()
+    factory = TrackerFactory(PrecomputingShiftTracker, FeatureCache(512))
+    reasoner = GatedOracle()
+    rt = StreamingRuntime(reasoner, factory, StreamConfig(every_frames=1000), query="q")
+    source = iter(frames(40))
+    pending = [rt.process(next(source)) for _ in range(20)]  # no tracker yet: the result of frame 0 is pending
+    assert all(r.anchor_index is None for r in pending)
+    assert PrecomputingShiftTracker.computed == Counter(range(20))  # every buffered frame once, by the live path
+    assert factory.cache.misses == 20 and factory.cache.hits == 0
+    reasoner.gate.set()
+    deadline = time.monotonic() + 10
+    while not rt.stats.catchup_s and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert rt.stats.reasoning_failed == 0, rt.stats.last_error
+    assert rt.stats.catchup_frames == 19 and rt.stats.catchup_abandoned == 0 and rt.stats.catchup_forced == 0
+    # only hits: the paste's anchor on frame 19, the catch-up's anchor on frame 0 and its 19 steps
+    assert factory.cache.misses == 20 and factory.cache.hits == 1 + 1 + 19
+    out = [rt.process(f) for f in source]
+    rt.close(timeout=5.0)
+    assert all(r.anchor_index == 0 and not r.pasted for r in out)
+    assert all(np.array_equal(r.mask, expected(0, r.frame.index)) for r in out)  # as if stepped every frame
+    assert max(PrecomputingShiftTracker.computed.values()) == 1 and factory.cache.misses == 40
+
+
+def test_no_precompute_without_a_query():
+    PrecomputingShiftTracker.computed = Counter()
+    factory = TrackerFactory(PrecomputingShiftTracker, FeatureCache(512))
+    rt = StreamingRuntime(Oracle(0.0), factory, StreamConfig(every_frames=1000))
+    for f in frames(5):
+        rt.process(f)
+    rt.close(timeout=5.0)
+    assert factory.cache.misses == 0 and not PrecomputingShiftTracker.computed
+
+
+def square_clip(n: int, h: int = 48, w: int = 64):
+    """A red square moving over fixed noise: RGB uint8 frames and the first frame's 0/1 mask."""
+    background = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    clip = []
+    for t in range(n):
+        frame = background.copy()
+        frame[8 + t : 24 + t, 8 + 2 * t : 24 + 2 * t] = (230, 40, 40)
+        clip.append(frame)
+    mask = np.zeros((h, w), np.uint8)
+    mask[8:24, 8:24] = 1
+    return clip, mask
+
+
+def test_flow_precompute_fills_what_a_catchup_steps_through():
+    factory = tracker_factory("flow")
+    clip, mask = square_clip(6)
+    for i, frame in enumerate(clip):
+        factory.precompute(frame, i)
+    assert factory.cache.misses == 6 + 5 and factory.cache.hits == 0  # preparations + flows to the previous frame
+    catch_up, plain = factory(), FlowTracker()
+    outs = [catch_up.anchor(clip[0], mask, index=0)] + [catch_up.step(f, index=i) for i, f in enumerate(clip) if i]
+    assert factory.cache.misses == 11 and factory.cache.hits == 1 + 2 * 5  # nothing recomputed
+    ref = [plain.anchor(clip[0], mask)] + [plain.step(f) for f in clip[1:]]
+    assert all(np.array_equal(a.prob, b.prob) and a.confidence == b.confidence for a, b in zip(outs, ref))
+    assert outs[-1].mask.sum() > 0
+
+
+def test_xmem_precompute_fills_the_key_features_a_catchup_steps_through():
+    torch.manual_seed(0)
+    small = XMemConfig(shorter_side=None)  # 48x64 frames as they are: a test in seconds
+    engines = xmem_torch_engines(XMemModel().eval())
+    factory = tracker_factory("xmem", engines=engines, config=small)
+    clip, mask = square_clip(4)
+    for i, frame in enumerate(clip):
+        factory.precompute(frame, i)
+    assert factory.cache.misses == 4 and factory.cache.hits == 0
+    catch_up, plain = factory(), XMemTracker(engines, small)
+    outs = [catch_up.anchor(clip[0], mask, index=0)] + [catch_up.step(f, index=i) for i, f in enumerate(clip) if i]
+    assert factory.cache.misses == 4 and factory.cache.hits == 4
+    ref = [plain.anchor(clip[0], mask)] + [plain.step(f) for f in clip[1:]]
+    assert all(np.allclose(a.prob, b.prob, atol=1e-6) for a, b in zip(outs, ref))
+
+
+class CostlyFeatures(ShiftTracker):
+    """Live source at 10 fps: a frame's feature costs 0.08 s, a step 0.12 s (more than a camera
+    period even when its feature is cached)."""
+
+    consecutive = False
+
+    def step(self, frame, mask=None, *, objects=None, index=None):
+        if mask is None:
+            time.sleep(0.12)
+        return super().step(frame, mask, objects=objects, index=index)
+
+    def _compute(self, index, frame):
+        time.sleep(0.08)
+        return super()._compute(index, frame)
+
+
+class PrecomputingCostlyFeatures(CostlyFeatures):
+    precompute = PrecomputingShiftTracker.precompute
+
+
+def test_a_catchup_through_precomputed_frames_is_not_abandoned_as_too_slow():
+    """The live path (feature + step, 2 periods) buffers a frame every 2 periods or more; a catch-up
+    step (1.2 periods) then converges. Without precompute the old rule gives it up; with it, the
+    catch-up knows its frames are cached and swaps in every result."""
+    counts = {}
+    for cls in (CostlyFeatures, PrecomputingCostlyFeatures):
+        factory = factory_with_cache(cls) if cls is CostlyFeatures else TrackerFactory(cls, FeatureCache(512))
+        rt = StreamingRuntime(Oracle(0.5), factory, StreamConfig(every_frames=5), query="q")
+        out = paced_run(rt, 45, 10.0, live=True)
+        assert rt.stats.reasoning_failed == 0, rt.stats.last_error
+        assert any(r.anchor_index == 0 for r in out)
+        counts[cls.__name__] = (rt.stats.catchup_abandoned, rt.stats.reasoning_completed, len(rt.stats.catchup_s))
+    abandoned, completed, _ = counts["CostlyFeatures"]
+    assert abandoned >= 1, counts
+    abandoned, completed, swapped = counts["PrecomputingCostlyFeatures"]
+    assert abandoned == 0 and swapped == completed >= 2, counts  # every result's catch-up swapped in

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..backends import Engine
 from ..errors import InputError
 from .base import Tracker
@@ -22,14 +24,28 @@ CACHE_FRAMES = 64  # frames of features kept: more than a catch-up re-steps afte
 
 
 class TrackerFactory:
-    """A callable giving fresh trackers that share ``cache`` (read ``cache.hits``/``misses``)."""
+    """A callable giving fresh trackers that share ``cache`` (read ``cache.hits``/``misses``).
+
+    ``precompute`` fills the cache for a frame before any tracker steps through it (the
+    streaming runtime calls it for every frame it buffers, also while no tracker exists), so
+    a catch-up after the first reasoning result gets cache hits too.
+    """
 
     def __init__(self, make: Callable[[FeatureCache], Tracker], cache: FeatureCache):
         self._make = make
         self.cache = cache
+        self._precomputer: Tracker | None = None  # made on first use; keeps the previous frame for its flow
 
     def __call__(self) -> Tracker:
         return self._make(self.cache)
+
+    def precompute(self, frame: np.ndarray, index: int) -> None:
+        """Compute and cache the anchor-independent features of frame ``index`` (the tracker's
+        ``precompute``: what its ``step`` would compute, e.g. the flow to the previous frame
+        precomputed). Call it for consecutive buffered frames, in index order, from one thread."""
+        if self._precomputer is None:
+            self._precomputer = self._make(self.cache)
+        self._precomputer.precompute(frame, index)
 
 
 def tracker_factory(

@@ -198,6 +198,7 @@ class FlowTracker(Tracker):
         self._dis = cv2.DISOpticalFlow_create(self.config.flow_preset)
         self._dis_memory = cv2.DISOpticalFlow_create(self.config.memory_flow_preset)
         self._identity: np.ndarray | None = None  # (x, y) of every working pixel: flow + identity = sampling map
+        self._precomputed: tuple[int, np.ndarray] | None = None  # (index, grey) of the last precompute()
         self.reset()
 
     def reset(self) -> None:
@@ -239,6 +240,23 @@ class FlowTracker(Tracker):
         return TrackOutput(probs[0], confidences[0], self._objects, probs if several else None,
                            confidences if several else None)
 
+    def precompute(self, frame: np.ndarray, index: int) -> None:
+        """Put frame ``index``'s anchor-independent features in the shared cache exactly as ``step``
+        computes them: its preparation and its flow to the frame precomputed before it (normally
+        the previous frame a live path buffered), so that a later ``step`` of any tracker of the
+        factory through these frames gets only cache hits. Leaves the tracking state alone; an
+        index that does not increase, or a new frame size, starts a new chain.
+        """
+        frame = self._check_frame(frame)
+        if self.cache is None:
+            raise InputError("FlowTracker.precompute: the tracker has no FeatureCache to fill; expected cache=")
+        work = self._work_size(frame.shape[:2])
+        grey = self._prepare(frame, work, index).grey
+        chain = self._precomputed
+        if chain is not None and chain[0] < index and chain[1].shape == grey.shape:
+            self._flow_to(grey, index, chain[1], chain[0], work)
+        self._precomputed = (index, grey)
+
     # --- input handling -------------------------------------------------------------------
 
     @staticmethod
@@ -261,9 +279,12 @@ class FlowTracker(Tracker):
         return mask.astype(np.uint8)
 
     def _start(self, size: tuple[int, int]) -> None:
-        scale = min(1.0, self.config.work_size / min(size))
         self._size = size
-        self._work = (max(round(size[0] * scale), 1), max(round(size[1] * scale), 1))
+        self._work = self._work_size(size)
+
+    def _work_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        scale = min(1.0, self.config.work_size / min(size))
+        return max(round(size[0] * scale), 1), max(round(size[1] * scale), 1)
 
     def _to_session(self, frame: np.ndarray, is_reference: bool) -> np.ndarray:
         """Resize a frame of another size to the session size (with a warning)."""
@@ -277,23 +298,26 @@ class FlowTracker(Tracker):
 
     # --- per-frame features (cached by stream index) --------------------------------------
 
-    def _cached(self, index: int | None, name: tuple, compute):
+    def _cached(self, index: int | None, work: tuple[int, int], name: tuple, compute):
         if self.cache is None:
             return compute()
-        return self.cache.get_or_compute(index, ("flow", self._work, *name), compute)
+        return self.cache.get_or_compute(index, ("flow", work, *name), compute)
 
     def _features(self, frame: np.ndarray, index: int | None) -> _Features:
+        return self._prepare(frame, self._work, index)
+
+    def _prepare(self, frame: np.ndarray, work: tuple[int, int], index: int | None) -> _Features:
         def compute() -> _Features:
-            small = cv2.resize(frame, self._work[::-1], interpolation=cv2.INTER_AREA) if frame.shape[:2] != self._work else frame
+            small = cv2.resize(frame, work[::-1], interpolation=cv2.INTER_AREA) if frame.shape[:2] != work else frame
             return _Features(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), cv2.cvtColor(small, cv2.COLOR_RGB2Lab))
 
-        return self._cached(index, ("features",), compute)
+        return self._cached(index, work, ("features",), compute)
 
-    def _previous_flow(self, grey: np.ndarray, index: int | None) -> np.ndarray:
-        """Backward flow [h,w,2] to the previously stepped frame; cached when both frames have an index."""
-        key = None if self._previous_index is None else index
-        previous = self._previous.grey
-        return self._cached(key, ("to", self._previous_index, self.config.flow_preset),
+    def _flow_to(self, grey: np.ndarray, index: int | None, previous: np.ndarray, previous_index: int | None,
+                 work: tuple[int, int]) -> np.ndarray:
+        """Backward flow [h,w,2] from frame ``index`` to frame ``previous_index``; cached when both have an index."""
+        key = None if previous_index is None else index
+        return self._cached(key, work, ("to", previous_index, self.config.flow_preset),
                             lambda: self._dis.calc(grey, previous, None))
 
     # --- tracking -------------------------------------------------------------------------
@@ -336,7 +360,7 @@ class FlowTracker(Tracker):
         if self._empty:
             self._remember(index, _Memory(features.grey, features.lab.astype(np.float32), np.zeros((h, w, k), np.float32)))
             return np.zeros((k, *self._size), np.float32), [0.0] * k
-        flows = [self._previous_flow(features.grey, index)]
+        flows = [self._flow_to(features.grey, index, self._previous.grey, self._previous_index, self._work)]
         flows += [self._dis_memory.calc(features.grey, m.grey, None) for m in self._sources()[1:]]
         if self._identity is None or self._identity.shape[:2] != (h, w):
             self._identity = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=2)

@@ -187,6 +187,17 @@ class XMemTracker(Tracker):
             return TrackOutput(probs[0], confidences[0])
         return TrackOutput(probs[0], confidences[0], ids, probs, confidences)
 
+    def precompute(self, frame: np.ndarray, index: int) -> None:
+        """Put frame ``index``'s key-encoder outputs in the shared cache exactly as ``step`` computes
+        them in a session of this frame's size, so that a later ``step`` of any tracker of the
+        factory through the frame gets a cache hit. Leaves the tracking state alone."""
+        frames.check_frame(frame)
+        if self.cache is None:
+            raise InputError("XMemTracker.precompute: the tracker has no FeatureCache to fill; expected cache=")
+        s = self.new_session(frame)
+        with torch.inference_mode():
+            self.encode_key(self.session_image(frame, s), index)
+
     def new_session(self, frame: np.ndarray) -> Session:
         height, width = frame.shape[:2]
         size = frames.processing_size(height, width, self.config.shorter_side)
@@ -280,8 +291,11 @@ class XMemTracker(Tracker):
                 RuntimeWarning,
                 stacklevel=4,
             )
-        image = frames.resize(frames.normalise(frame, self.device), s.size)
-        return frames.pad(image, s.pads)[None]
+        return self.session_image(frame, s)
+
+    def session_image(self, frame: np.ndarray, s: Session) -> torch.Tensor:
+        """``frame`` normalised, resized to ``s``'s processing size and padded: [1,3,H,W]."""
+        return frames.pad(frames.resize(frames.normalise(frame, self.device), s.size), s.pads)[None]
 
     def prepare_mask(self, reference: np.ndarray) -> torch.Tensor:
         """Reference mask [H,W] bool -> [1,H,W] float 0/1 at the padded session size (nearest resize)."""
