@@ -48,7 +48,8 @@ def answerable(scene: scenes.Scene, query: scenes.Query, t: int) -> bool:
     return k >= 0 and scene.area(k, t) > 0
 
 
-def draw(seed: int, rng: np.random.Generator, spec: WindowSpec, n_queries: int) -> tuple[Sample, scenes.Scene]:
+def draw(seed: int, rng: np.random.Generator, spec: WindowSpec, n_queries: int,
+         kinds: tuple[str, ...] = scenes.KINDS) -> tuple[Sample, scenes.Scene]:
     """A random target frame of scene ``seed`` with up to ``n_queries`` queries, and the scene.
 
     Half the queries (at least one) name objects by colour and shape, for different objects:
@@ -59,10 +60,11 @@ def draw(seed: int, rng: np.random.Generator, spec: WindowSpec, n_queries: int) 
     t = int(rng.integers(0, spec.n_frames))
     by_kind: dict[str, list[scenes.Query]] = {}
     for q in scenes.queries(scene):
-        if answerable(scene, q, t):
+        if q.kind in kinds and answerable(scene, q, t):
             by_kind.setdefault(q.kind, []).append(q)
     named = by_kind.pop("colour_shape", [])
-    chosen = [named[i] for i in rng.permutation(len(named))[: max(1, n_queries // 2)]]
+    share = n_queries if kinds == ("colour_shape",) else max(1, n_queries // 2)
+    chosen = [named[i] for i in rng.permutation(len(named))[:share]]
     kinds = [k for k in scenes.KINDS if k in by_kind]
     for i in rng.permutation(len(kinds))[: n_queries - len(chosen)]:
         options = by_kind[kinds[i]]

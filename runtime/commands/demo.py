@@ -23,8 +23,9 @@ def register(sub) -> None:
         "generated ground truth.",
     )
     p.add_argument("--out", default="out/demo", metavar="DIR", help="output folder (default out/demo)")
-    p.add_argument("--frames", type=int, default=48, help="clip length (default 48: two queries x 24 frames)")
-    p.add_argument("--rate", type=float, default=10.0, help="camera rate in fps (default 10)")
+    p.add_argument("--frames", type=int, default=60, help="clip length (default 60: two queries x 30 frames)")
+    p.add_argument("--rate", type=float, default=4.0,
+                   help="camera rate in fps (default 4: a reasoning step takes 1-3 s on 2 CPU cores)")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"scene seed (default {DEMO_SEED}, held out from training)")
     p.add_argument("--model", default=str(TINY_VISA), metavar="DIR",
                    help="folder with visa/ and clip/ (default: the embedded tiny model)")
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                          stream=StreamConfig(window=12, references=4, every_frames=6))
     runtime = build_runtime(cfg, query=first.text)
     clip = [Frame(i, i / args.rate, f, f"{i:05d}") for i, f in enumerate(scene.frames)]
+    runtime.reasoner(clip[:1], first.text)  # warm up: a first PyTorch call is several times slower than the next
     source = SwitchQuery(Paced(FrameListSource(clip, args.rate), args.rate), runtime, switch, second.text)
     print(f"streaming {args.frames} frames at {args.rate:g} fps: {first.text!r}, then {second.text!r} from frame {switch}")
     code = stream_to_folder(runtime, source, out, fps=args.rate, extra_summary={"model": str(model), "seed": args.seed})
