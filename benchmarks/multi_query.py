@@ -121,7 +121,8 @@ def run_multi_query(
         log(f"checking {len(queries)} queries in one step against one step per query")
         agreement = check_agreement(step, frames, tokens, queries)
         timings: dict[int, list[dict[str, float]]] = {q: [] for q in settings.query_counts}
-        runners = runners_for(step, frames, tokens, settings.query_counts, timings)
+        cpu: dict[str, list[float]] = {}
+        runners = cpu_timed(runners_for(step, frames, tokens, settings.query_counts, timings), cpu)
         for name, fn in runners.items():  # the agreement check ran every single-query shape already
             if name.startswith("shared/"):
                 log(f"warm-up: {name}")
@@ -129,6 +130,7 @@ def run_multi_query(
                     fn()
         for q in timings:
             timings[q].clear()
+        cpu.clear()
         log(f"timing {len(runners)} runners in interleaved rounds")
         samples = measure_interleaved(runners, settings.repeat, synchronizer(device))
     finally:
@@ -152,6 +154,7 @@ def run_multi_query(
         "agreement": agreement,
         "rows": rows(samples, timings, settings.query_counts),
         "samples_s": samples,
+        "cpu_rows": rows(cpu, timings, settings.query_counts),
         "targets": {str(q): t for q, t in TARGETS.items()},
         "load_average_end": system.load_average(),
         "total_s": round(time.perf_counter() - start, 1),
@@ -195,6 +198,23 @@ def runners_for(
     out = {f"shared/{q}": shared(q) for q in counts}
     out.update({f"single/{i}": single(i) for i in range(2, max(counts) + 1)})
     return out
+
+
+def cpu_timed(runners: dict[str, Callable[[], object]], cpu: dict[str, list[float]]) -> dict[str, Callable[[], object]]:
+    """``runners`` that also append the CPU seconds of this process (all threads) per call to ``cpu[name]``.
+
+    Other jobs on a shared machine stretch wall-clock time much more than CPU time, so CPU-time
+    ratios show what the variants cost on an idle machine."""
+
+    def timed(name: str, fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> None:
+            t0 = time.process_time()
+            fn()
+            cpu.setdefault(name, []).append(time.process_time() - t0)
+
+        return run
+
+    return {name: timed(name, fn) for name, fn in runners.items()}
 
 
 def separate_seconds(samples: dict[str, list[float]], q: int) -> list[float]:
@@ -275,6 +295,12 @@ def markdown(result: dict) -> str:
             f"| **x{r['shared_vs_mean_single_step']:.2f}** | x{r['separate_vs_one_query']:.2f} | x{r['speedup_vs_separate']:.2f} "
             f"| {target} | {stages} | {r['shared_ms']['n']} |"
         )
+    if result.get("cpu_rows"):
+        lines += ["", "CPU time of this process (all threads; ms p50), same calls:", "",
+                  "| queries | one step, all queries | one step per query | all-in-one / mean single step | speed-up |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['queries']} | {r['shared_ms']['p50']:.0f} | {r['separate_ms']['p50']:.0f} "
+                  f"| **x{r['shared_vs_mean_single_step']:.2f}** | x{r['speedup_vs_separate']:.2f} |" for r in result["cpu_rows"]]
     return "\n".join(lines) + "\n"
 
 

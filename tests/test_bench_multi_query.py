@@ -57,6 +57,24 @@ def test_markdown_has_one_row_per_query_count():
     assert "0 mask pixels differ" in text
 
 
+def test_cpu_time_is_recorded_per_call_and_tabled():
+    cpu: dict[str, list[float]] = {}
+    calls = []
+    runners = mq.cpu_timed({"shared/1": lambda: calls.append(1), "single/2": lambda: sum(range(10**5))}, cpu)
+    for _ in range(3):
+        for fn in runners.values():
+            fn()
+    assert calls == [1, 1, 1] and {k: len(v) for k, v in cpu.items()} == {"shared/1": 3, "single/2": 3}
+    assert all(t >= 0 for v in cpu.values() for t in v)
+    result = {
+        "machine": {"cpu": "test CPU", "cores": 2, "load_average": None}, "device": {"type": "cpu"}, "load_average_end": None,
+        "model": {"llm": "LLaMA", "sam": "SAM", "prefill_positions": 1458, "note": "random"},
+        "agreement": {"queries": 4, "seg_hidden_max_abs": 0.0, "logits_max_abs": 0.0, "mask_pixels_differing": 0},
+        "rows": mq.rows(SAMPLES, TIMINGS, (1, 2, 4)), "cpu_rows": mq.rows(SAMPLES, TIMINGS, (1, 2, 4)),
+    }
+    assert "| 4 | 1500 | 4200 | **x1.43** | x2.80 |" in mq.markdown(result)
+
+
 def test_presets_and_overrides():
     full = mq.settings_for(False)
     assert full.query_counts == (1, 2, 4, 8) and full.frames == 12 and full.spec.hidden_size == 512
