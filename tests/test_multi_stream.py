@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -106,30 +107,35 @@ def test_queries_added_and_removed_mid_stream_keep_stable_ids():
         "4": {"query": "the left one", "added_frame": 9, "removed_frame": None, "current": True}}
 
 
+def wait_idle(rt: StreamingRuntime, timeout: float = 20.0) -> None:
+    """Wait (bounded) until no reasoning step or catch-up is running or pending."""
+    deadline = time.monotonic() + timeout
+    while rt.reasoning_busy:
+        assert time.monotonic() < deadline, f"reasoning still busy after {timeout} s"
+        time.sleep(0.005)
+
+
 def test_a_new_query_appears_after_its_first_reasoning_result():
     gate = threading.Event()
     reasoner = ThirdsReasoner(gate)
     config = StreamConfig(window=4, references=2, every_frames=None)
     with StreamingRuntime(reasoner, LabelTracker, config, query="the left one") as rt:
+        source = iter(frames(12))
         gate.set()
-        source = iter(frames(40))
-        for f in source:
-            result = rt.process(f)
-            if result.mask_source == "tracked" and not rt.reasoning_busy:
-                break
+        rt.process(next(source))
+        wait_idle(rt)
+        assert rt.process(next(source)).mask_source == "tracked"
         gate.clear()
         assert rt.add_query("the right one") == 2
         waiting = [rt.process(next(source)) for _ in range(3)]  # the step for both queries is held
         assert all(r.objects[1].mask_source == "none" and r.objects[1].mask_fraction == 0 for r in waiting)
         assert all(set(np.unique(r.labels)) == {0, 1} and r.objects[0].mask_source == "tracked" for r in waiting)
         gate.set()
-        for f in source:
-            result = rt.process(f)
-            if result.objects[1].mask_source != "none":
-                break
-        assert reasoner.calls[-1][1] == ["the left one", "the right one"]
-        assert np.array_equal(result.labels, third("left") + 2 * third("right"))
-        assert result.objects[1].anchor_index == reasoner.calls[-1][0]
+        wait_idle(rt)
+        result = rt.process(next(source))
+    assert reasoner.calls == [(0, "the left one"), (2, ["the left one", "the right one"])]
+    assert np.array_equal(result.labels, third("left") + 2 * third("right"))
+    assert [(o.id, o.mask_source, o.anchor_index) for o in result.objects] == [(1, "tracked", 2), (2, "tracked", 2)]
 
 
 def test_label_image_overlaps_go_to_the_smaller_mask_then_the_older_query():

@@ -678,16 +678,23 @@ class LabelsPeer:
                 f"labels of frames {sorted(set(indices) - set(self.labels))} never arrived"
             return {i: self.labels[i] for i in indices}
 
-    def latched_query_ids(self, timeout=20.0) -> dict:
-        """What a subscriber that joins now gets on ``query_ids`` (the latched message)."""
-        got, event = [], threading.Event()
-        sub = self.node.create_subscription(self.String, "query_ids", lambda m: (got.append(m.data), event.set()),
-                                            self.qos)
-        try:
-            assert event.wait(timeout), "no latched message on query_ids"
-            return json.loads(got[-1])
-        finally:
-            self.node.destroy_subscription(sub)
+    def latched_query_ids(self, expected: dict, timeout=20.0) -> None:
+        """Assert that a subscriber joining now gets ``expected`` first on ``query_ids`` (the latched
+        message; fresh subscribers are tried until then, the node may still be publishing the change)."""
+        deadline, seen = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            got, event = [], threading.Event()
+            sub = self.node.create_subscription(self.String, "query_ids",
+                                                lambda m: (got.append(m.data), event.set()), self.qos)
+            try:
+                if event.wait(max(0.0, deadline - time.monotonic())):
+                    seen = json.loads(got[0])
+                    if seen == expected:
+                        return
+            finally:
+                self.node.destroy_subscription(sub)
+            time.sleep(0.05)
+        raise AssertionError(f"query_ids: a late subscriber got {seen}; expected {expected}")
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -706,7 +713,7 @@ def test_three_queries_labels_and_the_latched_id_map(context, probe):
             peer.queries_pub.publish(peer.String(data=json.dumps(queries)))
             probe.call("wait_diagnostics", until={"query": SQUARE_QUERY}, timeout=20.0)
             ids = {1: SQUARE_QUERY, 2: BACKGROUND_QUERY, 3: TOP_QUERY}
-            assert peer.latched_query_ids() == {str(k): v for k, v in ids.items()}
+            peer.latched_query_ids({str(k): v for k, v in ids.items()})
             sent = probe.call("publish_frames", first=0, count=4, height=H, width=W)
             assert_square_masks(probe.call("wait_masks", indices=sent))  # the first query's, on `mask`
             for i, (stamp, frame_id, encoding, labels) in peer.wait_labels(sent).items():
@@ -715,13 +722,13 @@ def test_three_queries_labels_and_the_latched_id_map(context, probe):
                 assert set(np.unique(labels)) == {1, 2, 3}, i
             peer.queries_pub.publish(peer.String(data=json.dumps([SQUARE_QUERY, TOP_QUERY])))
             probe.call("wait_diagnostics", until={"query_id": "2"}, timeout=20.0)
-            assert peer.latched_query_ids() == {"1": SQUARE_QUERY, "3": TOP_QUERY}  # republished on change
+            peer.latched_query_ids({"1": SQUARE_QUERY, "3": TOP_QUERY})  # republished on change
             sent = probe.call("publish_frames", first=4, count=2, height=H, width=W)
             for i, (_, _, _, labels) in peer.wait_labels(sent).items():  # 2 gone at once, no new step
                 assert np.array_equal(labels, expected_labels(i, ids, removed=(2,))), i
             peer.queries_pub.publish(peer.String(data=json.dumps([SQUARE_QUERY, TOP_QUERY, BACKGROUND_QUERY])))
             probe.call("wait_diagnostics", until={"query_id": "3"}, timeout=20.0)
-            assert peer.latched_query_ids() == {"1": SQUARE_QUERY, "3": TOP_QUERY, "4": BACKGROUND_QUERY}
+            peer.latched_query_ids({"1": SQUARE_QUERY, "3": TOP_QUERY, "4": BACKGROUND_QUERY})
             sent = probe.call("publish_frames", first=6, count=2, height=H, width=W)
             later = {1: SQUARE_QUERY, 3: TOP_QUERY, 4: BACKGROUND_QUERY}
             for i, (_, _, _, labels) in peer.wait_labels(sent).items():  # the re-added query has a new id
