@@ -75,9 +75,9 @@ def test_segment_and_eval_revos_round_trip(tiny_checkpoint, tmp_path, capsys):
 
 def test_demo_streams_the_generated_clip(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--frames", "24", "--rate", "12"]) == 0
+    assert main(["demo", "--out", str(out), "--frames", "24", "--rate", "4"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["frames"] == 24 and "UNTRAINED" in summary["label"]
+    assert summary["frames"] == 24 and len(summary["queries"]) == 2  # two queries in turn, each scored
     assert summary["stats"]["reasoning_completed"] >= 1 and summary["stats"]["reasoning_failed"] == 0
     assert len(list((out / "masks").iterdir())) == 24 and video_frames(out / "overlay.mp4") == 24
     records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
