@@ -10,7 +10,8 @@ are given). Tracks one or several objects (a label image). For each new frame:
    previous frame (DIS medium: it carries the boundaries from frame to frame) does not depend
    on the reference, nor does the frame's preparation (resize, grey, Lab): both go through the
    factory's shared :class:`~visa_edge.runtime.tracking.cache.FeatureCache` keyed by stream
-   index, so a catch-up tracker re-stepping buffered frames reuses them. The flows to the
+   index (``precompute`` fills it ahead of any tracker, for every frame the streaming runtime
+   buffers), so a catch-up tracker re-stepping buffered frames reuses them. The flows to the
    reference and the memory frames (DIS ultrafast: they only need to land the labels near
    the right colours) depend on the anchor and are computed by each tracker.
 2. **Bilateral-grid voting** (the idea of bilateral space video segmentation, Maerki et al.,
