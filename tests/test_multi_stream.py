@@ -191,6 +191,8 @@ def test_query_changes_are_checked():
             rt.remove_query(7)
         with pytest.raises(InputError, match="expected a list"):
             rt.set_queries("the left one")
+        with pytest.raises(InputError, match=r"expected strings, got \['int'\]"):
+            rt.set_queries(["the left one", 3])
         with pytest.raises(InputError, match="at most 8"):
             rt.set_queries([f"the left one {i}" for i in range(9)])
         assert rt.add_query("the  left one") == 1  # already current (normalised): same id

@@ -644,7 +644,7 @@ def expected_labels(index: int, ids: dict[int, str], removed=()) -> np.ndarray:
 
 
 class LabelsPeer:
-    """An in-process rclpy peer: takes ``labels``, publishes ``queries`` (latched) and reads the latched ``query_ids``."""
+    """An in-process rclpy peer: takes ``labels``, publishes ``queries`` (latched), reads the latched ``query_ids``."""
 
     def __init__(self, context, namespace: str):
         from rclpy.node import Node

@@ -480,9 +480,10 @@ class StreamingRuntime:
             if query_id not in self._queries:
                 raise InputError(f"query id {query_id!r}: not a current query; current ids {list(self._queries)}")
             self._remove(query_id)
-            if not self._queries:
+            paused = not self._queries
+            if paused:
                 self._forget_tracking()
-        if not self._queries:
+        if paused:
             with self._cond:
                 self._pending = None
 
@@ -491,8 +492,8 @@ class StreamingRuntime:
         removed, new ones added (a step requested at once). Returns their ids in the given order."""
         if isinstance(queries, str):
             raise InputError(f"queries {queries!r}: expected a list of strings, got one string")
-        current = self.queries
-        texts = self._checked(queries, len(set(self._normal(q) for q in queries) - set(current.values())))
+        fresh = {self._normal(q) for q in queries if isinstance(q, str)} - set(self.queries.values())
+        texts = self._checked(queries, len(fresh))
         with self._lock:
             known = {t: qid for qid, t in self._queries.items()}
             for qid, text in list(self._queries.items()):
@@ -501,9 +502,13 @@ class StreamingRuntime:
             ids = [known.get(t) or self._add(t) for t in dict.fromkeys(texts)]
             if any(t not in known for t in texts):
                 self._last_request_index = None
-            if not self._queries:
+            paused = not self._queries
+            if paused:
                 self._forget_tracking()
             by_text = dict(zip(dict.fromkeys(texts), ids))
+        if paused:
+            with self._cond:
+                self._pending = None
         return [by_text[t] for t in texts]
 
     @staticmethod
@@ -810,7 +815,8 @@ class StreamingRuntime:
     def _current(self, epoch: int, generation: int) -> bool:
         return epoch == self._epoch and generation == self._generation
 
-    def _reason_and_anchor(self, epoch: int, generation: int, target: int, queries: tuple[tuple[int, str], ...]) -> None:
+    def _reason_and_anchor(self, epoch: int, generation: int, target: int,
+                           queries: tuple[tuple[int, str], ...]) -> None:
         ids, texts = tuple(q[0] for q in queries), [q[1] for q in queries]
         window = self.buffer.window(target, self.config.window)
         if not window or window[-1].index != target:
