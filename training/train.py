@@ -14,10 +14,14 @@ colour to segment. Training runs in two stages so that 2 CPU cores suffice:
    loss (2 x BCE + 0.5 x dice) on the target frame's low-resolution logits. The frozen
    transformer's outputs are computed once per pooled frame and code; the upscaling is
    local (2x2 stride-2 transposed convolutions, per-pixel norm), so it trains on crops.
-2. ``reasoner``: CLIP tower, projector, LLaMA and [SEG] head learn to answer queries:
-   VISA's text cross-entropy on the answer tokens + the distance of the [SEG] embedding to
-   the code of the answer's colour (through the frozen decoder that is the mask loss's
-   only lever on the [SEG] embedding).
+2. ``reasoner``: CLIP tower, projector, LLaMA (re-initialised at std 0.02) and [SEG] head
+   learn to answer queries: VISA's text cross-entropy on the answer tokens + the distance of
+   the [SEG] embedding (and of the head's output at every position after the query words) to
+   the code of the answer's colour (through the frozen decoder that is the mask loss's only
+   lever on the [SEG] embedding). Image tokens fade in from 30% to 60% of the steps.
+
+The stages train disjoint parameters from independent random streams: they run in two
+processes (``workers=2``) with the same result as one after the other.
 """
 
 from __future__ import annotations
