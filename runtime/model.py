@@ -24,6 +24,7 @@ from .errors import CheckpointError
 from .llm import build_llama, llama_config
 from .prompt import PromptTokenizer, load_prompt_tokenizer
 from .sam import PARTS, SamEncoderConfig, SegMaskDecoder, build_sam_parts
+from .validate import parse_device
 
 LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 PROJECTOR = "model.mm_projector."
@@ -115,7 +116,7 @@ class VisaModel(nn.Module):
         checkpoint's ``model.visual_model.*`` ones key by key. ``load_llm=False`` skips the
         LLM's tensors entirely (``llm`` is None): for exporting the vision and SAM networks.
         """
-        folder, device = Path(folder), torch.device(device)
+        folder, device = Path(folder), parse_device(str(device))
         with quiet_transformers():
             config = VisaConfig.from_file(folder / "config.json")
             prompt = _load_prompt_tokenizer(folder, config)
@@ -138,6 +139,11 @@ class VisaModel(nn.Module):
         if tower.hidden_size != config.mm_hidden_size:
             raise CheckpointError(
                 f"{clip}: CLIP hidden size {tower.hidden_size} does not match mm_hidden_size {config.mm_hidden_size} of {folder / 'config.json'}"
+            )
+        if config.cluster.clusters[0] > tower.num_patches:
+            raise CheckpointError(
+                f"{folder / 'config.json'}: spatial_cluster_rate0={config.cluster.clusters[0]} clusters from "
+                f"{tower.num_patches} CLIP patches of {clip}; expected at most {tower.num_patches}"
             )
         model = cls(config, prompt, ClipPreprocess.from_folder(clip), tower, projector, llm, head, sam, quantization)
         model.clustering.to(device)

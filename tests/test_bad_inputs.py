@@ -820,3 +820,21 @@ def test_bad_frame_rate(frames_dir, fps, where):
     with pytest.raises(InputError) as e:
         ImageFolderSource(frames_dir, fps=fps) if where == "folder" else Paced(ImageFolderSource(frames_dir), fps)
     assert (str(frames_dir) if where == "folder" else "rate") in str(e.value) and "frame rate" in str(e.value)
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:7", "tpu"])
+def test_bad_device_through_the_python_api(tiny_checkpoint, exported, device):
+    """Devices are checked by the API entry points too, not only by the CLI's argument parser."""
+    from visa_edge.runtime.backends import load_engines
+
+    with pytest.raises(InputError, match=repr(device)):
+        VisaModel.from_pretrained(tiny_checkpoint.checkpoint, clip=tiny_checkpoint.clip, device=device)
+    with pytest.raises(InputError, match=f"engine device {device!r}"):
+        load_engines(exported, backend="onnxruntime", device=device)
+
+
+def test_more_clusters_than_clip_patches(tiny_checkpoint, ckpt_copy, config_dict):
+    config = {**config_dict, "config": {**config_dict["config"], "spatial_cluster_rate0": 300, "spatial_cluster_rate1": 32}}
+    (ckpt_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"spatial_cluster_rate0=300 clusters from 256 CLIP patches"):
+        VisaModel.from_pretrained(ckpt_copy, clip=tiny_checkpoint.clip)

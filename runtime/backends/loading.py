@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..validate import parse_device
 from .base import Engine, EngineError
 from .manifest import (
     Manifest,
@@ -47,7 +48,7 @@ def load_engines(
     backend = backend or ("tensorrt" if manifest.backend == "tensorrt" else "onnxruntime")
     if backend not in BACKENDS:
         raise EngineError(f"backend {backend!r}: expected one of {BACKENDS}")
-    device = torch.device(device)
+    device = parse_device(str(device), "engine device")
     records = [manifest.network(n, folder) for n in (networks or manifest.networks)]
     used = {name for r in records for name in r.sources}
     check_sources(manifest, {k: v for k, v in (sources or {}).items() if k in used}, folder)

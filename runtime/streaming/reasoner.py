@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 
 from ..networks import MAX_FRAMES
-from ..reasoning import ReasoningStep, as_queries
+from ..reasoning import ReasoningStep, StageTimer, as_queries
 from .scheduler import ReasonOutput
 from .sources import Frame
 
@@ -58,8 +57,8 @@ class VisaReasoner:
 
     def __call__(self, frames: Sequence[Frame], queries: str | Sequence[str]) -> ReasonOutput:
         """The target frame's mask for each query: ``mask`` is the first query's, ``masks`` all [Q,H,W]."""
-        t0 = time.perf_counter()
-        tokens = self.tokens(frames)
-        encode_s = time.perf_counter() - t0
+        timer = StageTimer(self.step.device)  # synchronises CUDA, so GPU encoding is counted
+        with timer.stage("visual_tokens"):
+            tokens = self.tokens(frames)
         result = self.step([f.image for f in frames], queries, frame_tokens=tokens)
-        return ReasonOutput(result.mask, {"visual_tokens": encode_s, **result.timings}, masks=result.masks)
+        return ReasonOutput(result.mask, {**timer.timings, **result.timings}, masks=result.masks)
