@@ -231,7 +231,7 @@ def on_cpu(modules: Sequence[nn.Module], device: torch.device) -> Iterator[None]
 def export_engines(bm: BenchModel, plans: Mapping[str, Backend], workdir: Path, names: Collection[str]) -> ExportedEngines:
     """Export the networks ``names`` (reasoning and XMem networks) once into ``workdir/engines``:
     TensorRT engines (+ their ONNX) where TensorRT runs, else ONNX only."""
-    from visa_edge.export.networks import reasoning_networks, tracker_networks, xmem_working_size
+    from visa_edge.export.registry import reasoning_networks, tracker_networks, xmem_working_size
     from visa_edge.export.pipeline import ExportOptions, Progress, export_networks, steps_per_network
 
     reasons = {b: plans[b].reason for b in EXPORTED if not plans[b].available}

@@ -25,11 +25,11 @@ from visa_edge.runtime import synthetic
 from visa_edge.runtime.backends.manifest import SourceRecord
 from visa_edge.runtime.checkpoint import quiet_transformers
 from visa_edge.runtime.clip import ClipPreprocess, ClipVisionTower
-from visa_edge.runtime.config import VisaConfig
+from visa_edge.runtime.visa_config import VisaConfig
 from visa_edge.runtime.errors import InputError
 from visa_edge.runtime.llm import expand_image_tokens, llama_config, seg_hidden_states
 from visa_edge.runtime.model import VisaModel, seg_head
-from visa_edge.runtime.networks import MAX_FRAMES
+from visa_edge.runtime.reasoning_networks import MAX_FRAMES
 from visa_edge.runtime.prompt import MAX_REFERENCES, load_prompt_tokenizer
 from visa_edge.runtime.sam import SamEncoderConfig, build_sam_parts
 from visa_edge.runtime.tracking.xmem import XMemConfig, XMemModel, load_xmem
@@ -183,7 +183,7 @@ def weights_note(random_parts: tuple[str, ...]) -> str:
 
 def tiny_model(workdir: Path, device: torch.device, xmem_shorter_side: int = 128, seed: int = 0) -> BenchModel:
     """The tiny checkpoint through the real writer and loader; full-size random XMem at ``xmem_shorter_side``."""
-    from visa_edge.export.manifest import hash_source
+    from visa_edge.export.manifest_writer import hash_source
     from visa_edge.runtime.tiny import TinySpec, write_tiny_checkpoint
 
     tiny = write_tiny_checkpoint(workdir / "tiny", seed=seed)
@@ -220,7 +220,7 @@ def visa7b_model(
     cuda = device.type == "cuda"
     build_llm = cuda and importlib.util.find_spec("bitsandbytes") is not None
     if checkpoint is not None:
-        from visa_edge.export.manifest import hash_source
+        from visa_edge.export.manifest_writer import hash_source
 
         model = VisaModel.from_pretrained(checkpoint, clip=clip, quantization="nf4" if build_llm else None,
                                           device=device, dtype=torch.float16 if cuda else torch.float32,
@@ -291,7 +291,7 @@ def _random_xmem(seed: int) -> XMemModel:
 def _xmem_source(path: Path | None, seed: int) -> SourceRecord:
     if path is None:
         return random_source(f"random XMem weights, seed {seed}")
-    from visa_edge.export.manifest import hash_source
+    from visa_edge.export.manifest_writer import hash_source
 
     return hash_source(path)
 

@@ -37,7 +37,7 @@ import torch
 
 from visa_edge.runtime.model import VisaModel
 from visa_edge.runtime.prompt import SEG_TOKEN, conversation
-from visa_edge.runtime.networks import MAX_FRAMES
+from visa_edge.runtime.reasoning_networks import MAX_FRAMES
 from visa_edge.runtime.reasoning import ReasoningStep
 from visa_edge.runtime.sam import SamEncoderConfig
 from visa_edge.runtime.tiny import TinySpec, write_tiny_checkpoint

@@ -73,7 +73,7 @@ def _added_latency(url: str, token: str, checkpoint, steps: int) -> dict:
     per-step differences (both sides cache tokens, so steps after the first encode 4 new frames)."""
     from visa_edge.runtime.model import VisaModel
     from visa_edge.runtime.reasoning import ReasoningStep
-    from visa_edge.runtime.streaming.reasoner import VisaReasoner
+    from visa_edge.runtime.streaming.visa_reasoner import VisaReasoner
 
     local = VisaReasoner(ReasoningStep(VisaModel.from_pretrained(checkpoint.checkpoint, clip=checkpoint.clip)))
     remote = RemoteReasoner(url, token, timeout_s=300)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from visa_edge.runtime import sam
-from visa_edge.runtime.networks import REASONING_NETWORKS
+from visa_edge.runtime.reasoning_networks import REASONING_NETWORKS
 from visa_edge.runtime.tracking.xmem import XMEM_NETWORKS, XMemTracker, xmem_modules, xmem_torch_engines
 
 from .backends import (BACKENDS, EXPORTED, Backend, CallableEngine, ExportedEngines, NotApplicable, first_line, on_cpu,
@@ -241,7 +241,7 @@ def xmem_engines(bm: BenchModel, plan: Backend, engines: ExportedEngines, exampl
 
 def xmem_examples(bm: BenchModel) -> dict[str, dict[str, torch.Tensor]]:
     """Example inputs of each XMem network at this run's working size (what TorchScript/CUDA graphs trace on)."""
-    from visa_edge.export.networks import tracker_networks, xmem_working_size
+    from visa_edge.export.registry import tracker_networks, xmem_working_size
 
     size = xmem_working_size(bm.frame_hw, bm.xmem_config.shorter_side)
     with on_cpu([bm.xmem], bm.device):
@@ -250,7 +250,7 @@ def xmem_examples(bm: BenchModel) -> dict[str, dict[str, torch.Tensor]]:
 
 def measure_xmem(bm: BenchModel, plans: Mapping[str, Backend], engines: ExportedEngines, settings: RepeatSettings) -> dict:
     """One XMem step per backend on the same frame sequence (memory frames every ``mem_every`` steps included)."""
-    from visa_edge.export.networks import xmem_working_size
+    from visa_edge.export.registry import xmem_working_size
 
     h, w = bm.frame_hw
     frames = synthetic_frames(settings.warmup + settings.repeats + 1, bm.frame_hw)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from visa_edge.runtime.networks import REASONING_NETWORKS
+from visa_edge.runtime.reasoning_networks import REASONING_NETWORKS
 from visa_edge.runtime.reasoning import ReasoningStep
 
 from . import system

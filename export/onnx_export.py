@@ -24,7 +24,7 @@ from visa_edge.runtime.backends.manifest import TensorRecord
 
 from .errors import ExportError
 from .lint import dtype_name
-from .networks import ExportNetwork
+from .registry import ExportNetwork
 
 DEFAULT_OPSET = 17  # LayerNormalization (TensorRT's INormalizationLayer) needs 17
 OPSETS = range(17, 21)  # up to the newest opset TensorRT 10's parser imports

@@ -27,8 +27,8 @@ from visa_edge.runtime.backends.ort import OrtEngine
 
 from .errors import ExportError
 from .lint import check_model
-from .manifest import environment, file_record, write_manifest
-from .networks import ExportNetwork
+from .manifest_writer import environment, file_record, write_manifest
+from .registry import ExportNetwork
 from .onnx_export import DEFAULT_OPSET, INLINE_LIMIT, OnnxExport, export_onnx
 from .tensorrt_build import PRECISIONS, TrtBuildOptions, build_engine, reduction_scopes
 

@@ -49,7 +49,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ..runtime.errors import InputError, VisaEdgeError
 from ..runtime.streaming import FrameResult, PushSource, StreamingRuntime
 from ..runtime.streaming.sinks import overlay
-from .config import DYNAMIC, PARAMETERS, STREAM_DYNAMIC, node_config, pipeline_config, stream_config, stream_values
+from .parameters import DYNAMIC, PARAMETERS, STREAM_DYNAMIC, node_config, pipeline_config, stream_config, stream_values
 from .convert import box_corners, decode_image, mask_bbox, mono8, pixel_rays, scale_intrinsics
 from .diagnostics import NodeCounters, Report, ResultInfo, mask_info, report, short
 

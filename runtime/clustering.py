@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ClusterConfig
+from .visa_config import ClusterConfig
 
 NOISE_SCALE = 1e-6
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .config import VisaConfig
+from .visa_config import VisaConfig
 from .errors import InputError
 from .prompt import IMAGE_TOKEN_INDEX
 

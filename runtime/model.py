@@ -19,7 +19,7 @@ from torch import nn
 from .checkpoint import check_keys, load_file, load_state_dict, quiet_transformers
 from .clip import ClipPreprocess, ClipVisionTower, load_clip
 from .clustering import TokenClustering
-from .config import VisaConfig
+from .visa_config import VisaConfig
 from .errors import CheckpointError
 from .llm import build_llama, llama_config
 from .prompt import PromptTokenizer, load_prompt_tokenizer

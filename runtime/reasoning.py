@@ -21,7 +21,7 @@ from .backends import Engine
 from .errors import InputError
 from .llm import query_seg_states
 from .model import VisaModel
-from .networks import MAX_QUERIES, REASONING_NETWORKS, torch_engines
+from .reasoning_networks import MAX_QUERIES, REASONING_NETWORKS, torch_engines
 from .prompt import MAX_REFERENCES
 
 

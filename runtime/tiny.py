@@ -18,7 +18,7 @@ from torch import nn
 
 from . import prompt
 from .checkpoint import quiet_transformers
-from .config import VisaConfig
+from .visa_config import VisaConfig
 from .llm import llama_config
 from .model import seg_head
 from .sam import SamEncoderConfig, build_sam_parts

@@ -50,7 +50,7 @@ def load_service(opts: ServeOptions) -> ReasonService:
     import torch
 
     from visa_edge.runtime.backends.loading import load_engines
-    from visa_edge.runtime.config import DTYPES
+    from visa_edge.runtime.visa_config import DTYPES
     from visa_edge.runtime.model import VisaModel
     from visa_edge.runtime.reasoning import ReasoningStep
 

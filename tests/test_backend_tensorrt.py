@@ -344,10 +344,10 @@ class Double(torch.nn.Module):
 def test_tensorrt_export_records_engines_and_loads_them(tmp_path, monkeypatch):
     """The pipeline's TensorRT path (fake library and GPU): engine files, versions, GPU, profile, loading."""
     from visa_edge.export import pipeline
-    from visa_edge.export.networks import ExportNetwork
+    from visa_edge.export.registry import ExportNetwork
     from visa_edge.runtime.backends import load_engines, read_manifest
     from visa_edge.runtime.backends.manifest import SourceRecord, sha256_file
-    from visa_edge.runtime.networks import NetworkSpec
+    from visa_edge.runtime.reasoning_networks import NetworkSpec
 
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -399,8 +399,8 @@ def test_real_tensorrt_engines_match_torch(tiny_checkpoint, tmp_path, precision,
     In fp16 the CLIP features feeding the (fp32) clustering are rounded, which may move a
     token to another cluster; visual tokens are then only required to be finite.
     """
-    from visa_edge.export.manifest import hash_source
-    from visa_edge.export.networks import reasoning_networks
+    from visa_edge.export.manifest_writer import hash_source
+    from visa_edge.export.registry import reasoning_networks
     from visa_edge.export.onnx_export import torch_outputs
     from visa_edge.export.pipeline import ExportOptions, Progress, export_networks
     from visa_edge.runtime.backends import load_engines

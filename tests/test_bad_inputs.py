@@ -23,7 +23,7 @@ from visa_edge.runtime import synthetic
 from visa_edge.runtime.checkpoint import load_state_dict
 from visa_edge.runtime.cli import main
 from visa_edge.runtime.clip import ClipPreprocess, load_clip
-from visa_edge.runtime.config import VisaConfig
+from visa_edge.runtime.visa_config import VisaConfig
 from visa_edge.runtime.errors import CheckpointError, InputError, VisaEdgeError
 from visa_edge.runtime.io import read_mask, read_rgb, write_mask
 from visa_edge.runtime.model import VisaModel
@@ -507,11 +507,11 @@ def exported(tmp_path_factory, tiny_checkpoint):
     pytest.importorskip("onnx", reason="export needs onnx (extra [export])")
     from torch import nn
 
-    from visa_edge.export.manifest import hash_source
-    from visa_edge.export.networks import ExportNetwork
+    from visa_edge.export.manifest_writer import hash_source
+    from visa_edge.export.registry import ExportNetwork
     from visa_edge.export.pipeline import ExportOptions, Progress, export_networks
     from visa_edge.runtime.backends import DimRange
-    from visa_edge.runtime.networks import NetworkSpec
+    from visa_edge.runtime.reasoning_networks import NetworkSpec
 
     import io as _io
 
@@ -751,7 +751,7 @@ def test_error_types_share_the_cli_base():
 
 
 def test_cli_run_whose_every_reasoning_step_failed_exits_non_zero(capsys, tmp_path, tiny_checkpoint, frames_dir, monkeypatch):
-    from visa_edge.runtime.streaming.reasoner import VisaReasoner
+    from visa_edge.runtime.streaming.visa_reasoner import VisaReasoner
 
     def fail(self, frames, queries):
         raise RuntimeError("injected reasoning failure")

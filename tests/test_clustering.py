@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from visa_edge.runtime.clustering import TokenClustering, dpc_knn, pairwise_distance
-from visa_edge.runtime.config import ClusterConfig
+from visa_edge.runtime.visa_config import ClusterConfig
 
 LEVELS = ((64, 5), (32, 3), (16, 3))
 

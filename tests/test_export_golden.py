@@ -13,8 +13,8 @@ import io
 import numpy as np
 import pytest
 
-from visa_edge.export.manifest import hash_source
-from visa_edge.export.networks import reasoning_networks
+from visa_edge.export.manifest_writer import hash_source
+from visa_edge.export.registry import reasoning_networks
 from visa_edge.export.pipeline import ExportOptions, Progress, export_networks
 from visa_edge.runtime.backends import load_engines
 from visa_edge.runtime.io import read_rgb

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from visa_edge.export.manifest import hash_source
-from visa_edge.export.networks import reasoning_networks
+from visa_edge.export.manifest_writer import hash_source
+from visa_edge.export.registry import reasoning_networks
 from visa_edge.export.onnx_export import torch_outputs
 from visa_edge.export.pipeline import ExportOptions, Progress, export_networks
 from visa_edge.runtime import sam, synthetic

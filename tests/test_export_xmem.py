@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from visa_edge.export.networks import tracker_networks, xmem_working_size
+from visa_edge.export.registry import tracker_networks, xmem_working_size
 from visa_edge.export.onnx_export import torch_outputs
 from visa_edge.export.pipeline import ExportOptions, Progress, export_networks
 from visa_edge.runtime import synthetic

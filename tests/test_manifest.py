@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from visa_edge.export.networks import ExportNetwork
+from visa_edge.export.registry import ExportNetwork
 from visa_edge.export.pipeline import ExportOptions, Progress, export_networks
 from visa_edge.runtime.backends import DimRange, ManifestError, load_engines, read_manifest
 from visa_edge.runtime.backends.manifest import MANIFEST_NAME, SourceRecord, sha256_file
-from visa_edge.runtime.networks import NetworkSpec
+from visa_edge.runtime.reasoning_networks import NetworkSpec
 
 COMMAND = ["visa-edge", "export", "--checkpoint", "/models/visa", "--clip", "/models/clip", "--out", "/engines",
            "--backend", "onnx", "--precision", "fp32"]

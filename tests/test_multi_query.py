@@ -21,10 +21,10 @@ from visa_edge.runtime.llm import (
     shared_prefix_seg_states,
 )
 from visa_edge.runtime.model import VisaModel
-from visa_edge.runtime.networks import MAX_QUERIES
+from visa_edge.runtime.reasoning_networks import MAX_QUERIES
 from visa_edge.runtime.prompt import IMAGE_TOKEN_INDEX
 from visa_edge.runtime.reasoning import ReasoningStep
-from visa_edge.runtime.streaming.reasoner import VisaReasoner
+from visa_edge.runtime.streaming.visa_reasoner import VisaReasoner
 from visa_edge.runtime.streaming.sources import Frame
 
 TOL = 1e-4

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from visa_edge.ros_node.config import (
+from visa_edge.ros_node.parameters import (
     DYNAMIC, PARAMETERS, STREAM_DYNAMIC, STREAM_PARAMS, NodeConfig, defaults, node_command, node_config,
     parameter_args, pipeline_config, stream_config, stream_values)
 from visa_edge.ros_node.convert import box_corners, decode_image, mask_bbox, mono8, pixel_rays, scale_intrinsics
@@ -239,7 +239,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_package_and_cli_work_without_rclpy():
     """With rclpy unimportable: the package and `visa-edge --help` work; `visa-edge ros` says what to install."""
     block = "import sys; sys.modules['rclpy'] = None\n"
-    done = _python(block + "import visa_edge.ros_node, visa_edge.ros_node.cli, visa_edge.ros_node.config\n"
+    done = _python(block + "import visa_edge.ros_node, visa_edge.ros_node.command, visa_edge.ros_node.parameters\n"
                    "from visa_edge.runtime.cli import build_parser, main\n"
                    "a = build_parser().parse_args(['ros', '--ros-args', '-p', 'query:=the mug', '-r', 'image:=/cam'])\n"
                    "print(a.ros_args)\n"

@@ -83,8 +83,8 @@ def test_streaming_runtime_follows_the_object():
 
 def test_onnxruntime_engines_segment_the_same_objects(model, step, tmp_path):
     pytest.importorskip("onnxruntime")
-    from visa_edge.export.manifest import hash_source
-    from visa_edge.export.networks import reasoning_networks
+    from visa_edge.export.manifest_writer import hash_source
+    from visa_edge.export.registry import reasoning_networks
     from visa_edge.export.pipeline import ExportOptions, Progress, export_networks
     from visa_edge.runtime.backends import load_engines
 

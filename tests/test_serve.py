@@ -93,7 +93,7 @@ def test_serve_options_and_deployment(tmp_path):
 def test_remote_masks_equal_local_masks(server, local, fmt):
     """Two overlapping windows (the second reuses cached tokens): the remote mask equals, pixel for pixel,
     a local step's on the frames as the server decodes them (PNG: the frames themselves)."""
-    from visa_edge.runtime.streaming.reasoner import VisaReasoner
+    from visa_edge.runtime.streaming.visa_reasoner import VisaReasoner
 
     _, url = server
     video = _video(8)
@@ -137,7 +137,7 @@ def test_token_and_size_are_checked(server):
 
 def test_three_streams_share_batches(server, local):
     """Three streams requesting at the same time are served by one replica in batches larger than one."""
-    from visa_edge.runtime.streaming.reasoner import VisaReasoner
+    from visa_edge.runtime.streaming.visa_reasoner import VisaReasoner
 
     _, url = server
     before = RemoteReasoner(url, TOKEN).get("/metrics")

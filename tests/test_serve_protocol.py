@@ -144,7 +144,7 @@ def test_client_retries_with_backoff_then_raises():
 
 
 def test_ros_parameters_select_a_remote_reasoner(tmp_path):
-    from visa_edge.ros_node.config import defaults, pipeline_config
+    from visa_edge.ros_node.parameters import defaults, pipeline_config
 
     (tmp_path / "token").write_text("abc\n")
     cfg = pipeline_config({**defaults(), "reasoner_url": "http://10.0.0.2:8000",

@@ -238,7 +238,7 @@ def test_config_validation():
 def test_streaming_with_the_tiny_visa_checkpoint(tiny_checkpoint):
     from visa_edge.runtime.model import VisaModel
     from visa_edge.runtime.reasoning import ReasoningStep
-    from visa_edge.runtime.streaming.reasoner import VisaReasoner
+    from visa_edge.runtime.streaming.visa_reasoner import VisaReasoner
 
     reasoner = VisaReasoner(ReasoningStep(VisaModel.from_pretrained(tiny_checkpoint.checkpoint, clip=tiny_checkpoint.clip)))
     video = [Frame(i, i / 10, synthetic.frame(i), f"{i:05d}") for i in range(16)]

@@ -50,7 +50,7 @@ from .xmem_golden_support import FEATURES, RecordingCache, RecordingEngine, chec
 from .xmem_golden_support import load_make_weights, video as golden_video, weights as golden_weights
 
 from visa_edge.runtime.tracking.xmem import XMemConfig, XMemTracker, soft_iou_confidence
-from visa_edge.runtime.tracking.xmem import frames as xframes
+from visa_edge.runtime.tracking.xmem import image_ops as xframes
 from visa_edge.runtime.tracking.xmem.memory import Consolidation, Removal
 
 N_FRAMES = 12

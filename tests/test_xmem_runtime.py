@@ -25,7 +25,7 @@ from visa_edge.runtime.tracking.xmem import (
     xmem_from_state_dict,
     xmem_torch_engines,
 )
-from visa_edge.runtime.tracking.xmem import frames as xframes
+from visa_edge.runtime.tracking.xmem import image_ops as xframes
 from visa_edge.runtime.tracking.xmem.memory import similarity, topk_softmax
 
 H, W = 48, 64

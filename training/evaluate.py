@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from visa_edge.runtime import scenes
-from visa_edge.runtime.networks import MAX_QUERIES
+from visa_edge.runtime.reasoning_networks import MAX_QUERIES
 from visa_edge.runtime.reasoning import ReasoningStep
 from visa_edge.runtime.streaming import Frame, StreamConfig, StreamingRuntime
 from visa_edge.runtime.vos_metrics import boundary_f, jaccard

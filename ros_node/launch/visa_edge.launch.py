@@ -12,7 +12,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from visa_edge.ros_node.config import PARAMETERS, node_command
+from visa_edge.ros_node.parameters import PARAMETERS, node_command
 
 LAUNCH_ONLY = {
     "node_name": ("visa_edge", "node name"),

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..config import DTYPES
+from ..visa_config import DTYPES
 from ..errors import InputError
 from ..validate import parse_device
 

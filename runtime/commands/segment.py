@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import output_dir
     from ..backends.loading import load_engines
     from ..reasoning import ReasoningStep
-    from ..streaming.reasoner import VisaReasoner
+    from ..streaming.visa_reasoner import VisaReasoner
     from ..tracking.factory import tracker_factory
     from .common import load_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .reasoner import VisaReasoner
+from .visa_reasoner import VisaReasoner
 from .scheduler import StreamConfig, StreamingRuntime
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def build_runtime(cfg: PipelineConfig, query: str | Sequence[str] = "") -> Strea
     """Load everything ``cfg`` names and return a running ``StreamingRuntime`` (reasoning remote with a reasoner_url)
     for ``query`` (one, or a list of several)."""
     from ..backends.loading import load_engines
-    from ..config import DTYPES
+    from ..visa_config import DTYPES
     from ..model import VisaModel
     from ..reasoning import ReasoningStep
     from ..tracking.factory import tracker_factory

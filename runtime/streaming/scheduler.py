@@ -58,7 +58,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import InputError
-from ..networks import MAX_QUERIES
+from ..reasoning_networks import MAX_QUERIES
 from ..tracking import Tracker, TrackOutput
 from ..tracking.base import MAX_OBJECT_ID
 from .sources import Frame

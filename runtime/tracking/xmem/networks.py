@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...backends import Engine, TorchEngine
-from ...networks import NetworkSpec
+from ...reasoning_networks import NetworkSpec
 from .modules import KeyEncoder, KeyProjection, XMemModel
 
 XMEM_NETWORKS: dict[str, NetworkSpec] = {

@@ -14,7 +14,7 @@ from ...backends import Engine
 from ...errors import InputError
 from ..base import MAX_OBJECT_ID, Tracker, TrackOutput, mask_objects
 from ..cache import FeatureCache
-from . import frames
+from . import image_ops
 from .checkpoint import load_xmem
 from .config import XMemConfig
 from .memory import XMemMemory
@@ -28,7 +28,7 @@ class Session:
 
     frame_shape: tuple[int, int]  # (H, W) of the frame the session started on
     size: tuple[int, int]  # processing size (shorter side resized), before padding
-    pads: frames.Pads
+    pads: image_ops.Pads
     t: int = -1  # frames stepped since the reference (0 = the reference frame)
     last_mem: int = 0
     last_deep: int = 0
@@ -167,11 +167,11 @@ class XMemTracker(Tracker):
         ``end=True`` marks the last frame of a finite video: as in the original, it is not written
         to memory and the hidden state is not updated (the returned map is the same).
         """
-        frames.check_frame(frame)
+        image_ops.check_frame(frame)
         given: tuple[int, ...] = ()
         labels = None
         if mask is not None:
-            labels = frames.check_mask(mask, frame.shape)
+            labels = image_ops.check_mask(mask, frame.shape)
             given = check_objects(mask_objects(labels, objects))
             if not given:
                 self.reset()
@@ -191,7 +191,7 @@ class XMemTracker(Tracker):
         """Put frame ``index``'s key-encoder outputs in the shared cache exactly as ``step`` computes
         them in a session of this frame's size, so that a later ``step`` of any tracker of the
         factory through the frame gets a cache hit. Leaves the tracking state alone."""
-        frames.check_frame(frame)
+        image_ops.check_frame(frame)
         if self.cache is None:
             raise InputError("XMemTracker.precompute: the tracker has no FeatureCache to fill; expected cache=")
         s = self.new_session(frame)
@@ -200,8 +200,8 @@ class XMemTracker(Tracker):
 
     def new_session(self, frame: np.ndarray) -> Session:
         height, width = frame.shape[:2]
-        size = frames.processing_size(height, width, self.config.shorter_side)
-        return Session((height, width), size, frames.pad_amounts(*size))
+        size = image_ops.processing_size(height, width, self.config.shorter_side)
+        return Session((height, width), size, image_ops.pad_amounts(*size))
 
     def plan(self, s: Session, reference: bool, every_object_given: bool, end: bool) -> FramePlan:
         """InferenceCore's flags for frame ``s.t``: a reference for only some objects is also segmented."""
@@ -234,7 +234,7 @@ class XMemTracker(Tracker):
         if plan.segment:
             readout = mem.read(enc["key"], enc["selection"])
             dec = self.run("xmem_decoder", f16=enc["f16"], f8=enc["f8"], f4=enc["f4"], readout=readout, hidden=mem.hidden)
-            probs = frames.logits_to_prob(dec["logits"])
+            probs = image_ops.logits_to_prob(dec["logits"])
             if plan.decoder_update:
                 mem.hidden = dec["hidden_out"]
         if labels is not None:
@@ -250,7 +250,7 @@ class XMemTracker(Tracker):
             if plan.deep_update:
                 mem.hidden = val["hidden_out"]
                 s.last_deep = s.t
-        return frames.resize(frames.unpad(probs[1:], s.pads), tuple(frame.shape[:2]))
+        return image_ops.resize(image_ops.unpad(probs[1:], s.pads), tuple(frame.shape[:2]))
 
     def reference_probs(
         self, labels: np.ndarray, given: tuple[int, ...], all_ids: list[int], known: list[int], pred: torch.Tensor | None
@@ -267,7 +267,7 @@ class XMemTracker(Tracker):
             for k, object_id in enumerate(known):
                 if object_id not in given:
                     planes[k] = pred_fg[k]
-        return frames.aggregate(planes)
+        return image_ops.aggregate(planes)
 
     def encode_key(self, image: torch.Tensor, index: int | None) -> dict[str, torch.Tensor]:
         """Key-encoder outputs of the frame, from the shared cache when another tracker computed them."""
@@ -295,10 +295,10 @@ class XMemTracker(Tracker):
 
     def session_image(self, frame: np.ndarray, s: Session) -> torch.Tensor:
         """``frame`` normalised, resized to ``s``'s processing size and padded: [1,3,H,W]."""
-        return frames.pad(frames.resize(frames.normalise(frame, self.device), s.size), s.pads)[None]
+        return image_ops.pad(image_ops.resize(image_ops.normalise(frame, self.device), s.size), s.pads)[None]
 
     def prepare_mask(self, reference: np.ndarray) -> torch.Tensor:
         """Reference mask [H,W] bool -> [1,H,W] float 0/1 at the padded session size (nearest resize)."""
         s = self.session
         m = torch.from_numpy(reference).to(self.device, torch.float32)[None]
-        return frames.pad(frames.resize(m, s.size, mode="nearest"), s.pads)
+        return image_ops.pad(image_ops.resize(m, s.size, mode="nearest"), s.pads)

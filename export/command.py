@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from visa_edge.runtime.errors import InputError
 
 if TYPE_CHECKING:
-    from .networks import ExportNetwork
+    from .registry import ExportNetwork
 
 NETWORK_HELP = "visual_tokens, sam_encoder, mask_decoder; with --xmem also xmem_key_encoder, xmem_value_encoder, xmem_decoder"
 
@@ -47,10 +47,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visa_edge.runtime.networks import REASONING_NETWORKS
+    from visa_edge.runtime.reasoning_networks import REASONING_NETWORKS
     from visa_edge.runtime.tracking.xmem import XMEM_NETWORKS
 
-    from .manifest import hash_source
+    from .manifest_writer import hash_source
     from .pipeline import ExportOptions, Progress, check_options, export_networks, steps_per_network
 
     options = ExportOptions(
@@ -94,10 +94,10 @@ def _networks(args: argparse.Namespace, frame_size: tuple[int, int] | None, name
     import torch
 
     from visa_edge.runtime.model import VisaModel
-    from visa_edge.runtime.networks import REASONING_NETWORKS
+    from visa_edge.runtime.reasoning_networks import REASONING_NETWORKS
     from visa_edge.runtime.tracking.xmem import XMemConfig, load_xmem
 
-    from .networks import reasoning_networks, tracker_networks, xmem_working_size
+    from .registry import reasoning_networks, tracker_networks, xmem_working_size
 
     networks = []
     if set(names) & set(REASONING_NETWORKS):

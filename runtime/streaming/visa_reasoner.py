@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..networks import MAX_FRAMES
+from ..reasoning_networks import MAX_FRAMES
 from ..reasoning import ReasoningStep, StageTimer, as_queries
 from .scheduler import ReasonOutput
 from .sources import Frame

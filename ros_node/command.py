@@ -18,7 +18,7 @@ ROS_HELP = """examples:
       (then: ros2 lifecycle set /visa_edge configure; ros2 lifecycle set /visa_edge activate)
 
 Parameters: ros2 param describe /visa_edge <name> (each has a description), or see
-ros_node/config.py. Topics: image, camera_info, query in; mask, mask_info, mask_roi,
+ros_node/parameters.py. Topics: image, camera_info, query in; mask, mask_info, mask_roi,
 mask_polygon, mask_markers, mask/camera_info, overlay, /diagnostics out; service reason_now
 (ros_node/README.md lists types and QoS)."""
 

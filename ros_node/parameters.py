@@ -14,7 +14,7 @@ from typing import Any
 
 from ..runtime.errors import InputError
 from ..runtime.remote_reasoner import read_token
-from ..runtime.config import DTYPES
+from ..runtime.visa_config import DTYPES
 from ..runtime.streaming.build import PipelineConfig
 from ..runtime.streaming.scheduler import OPTIONAL_OFF, StreamConfig, stream_parameters
 

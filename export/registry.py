@@ -21,8 +21,8 @@ from torch import nn
 from visa_edge.runtime import sam, synthetic
 from visa_edge.runtime.backends.base import DimRange
 from visa_edge.runtime.model import VisaModel
-from visa_edge.runtime.networks import REASONING_NETWORKS, NetworkSpec, reasoning_modules
-from visa_edge.runtime.tracking.xmem import XMEM_NETWORKS, XMemModel, frames, xmem_modules
+from visa_edge.runtime.reasoning_networks import REASONING_NETWORKS, NetworkSpec, reasoning_modules
+from visa_edge.runtime.tracking.xmem import XMEM_NETWORKS, XMemModel, image_ops, xmem_modules
 from visa_edge.runtime.tracking.xmem.modules import HIDDEN_DIM, VALUE_DIM
 
 from .errors import ExportError
@@ -75,8 +75,8 @@ def reasoning_networks(model: VisaModel, extra_sources: tuple[str, ...] = (), se
 
 def xmem_working_size(frame_hw: tuple[int, int], shorter_side: int | None) -> tuple[int, int]:
     """The padded size XMemTracker processes frames of ``frame_hw`` at (shorter side resized, multiples of 16)."""
-    h, w = frames.processing_size(*frame_hw, shorter_side)
-    left, right, top, bottom = frames.pad_amounts(h, w)
+    h, w = image_ops.processing_size(*frame_hw, shorter_side)
+    left, right, top, bottom = image_ops.pad_amounts(h, w)
     return h + top + bottom, w + left + right
 
 
@@ -89,14 +89,14 @@ def tracker_networks(xmem: XMemModel, working_size: tuple[int, int], seed: int =
     features, the ellipse's mask and random hidden state and memory readout.
     """
     height, width = working_size
-    if height % frames.STRIDE or width % frames.STRIDE:
-        raise ExportError(f"XMem working size {height}x{width}: expected multiples of {frames.STRIDE}")
+    if height % image_ops.STRIDE or width % image_ops.STRIDE:
+        raise ExportError(f"XMem working size {height}x{width}: expected multiples of {image_ops.STRIDE}")
     modules = xmem_modules(xmem)
     gen = torch.Generator().manual_seed(seed)
-    image = frames.normalise(synthetic.frame(7, height, width), "cpu")[None]
+    image = image_ops.normalise(synthetic.frame(7, height, width), "cpu")[None]
     with torch.no_grad():
         _, _, _, f16, f8, f4 = modules["xmem_key_encoder"](image)
-    grid = (height // frames.STRIDE, width // frames.STRIDE)
+    grid = (height // image_ops.STRIDE, width // image_ops.STRIDE)
     mask = torch.from_numpy(synthetic.ellipse_mask(7, height, width)).float()[None, None]
     hidden = torch.randn(1, HIDDEN_DIM, *grid, generator=gen)
     examples = {
