@@ -21,7 +21,7 @@ import numpy as np
 from visa_edge.runtime.reasoning import ReasoningStep
 from visa_edge.runtime.streaming import Frame, FrameResult, PushSource, ReasonOutput, StreamConfig, StreamingRuntime
 from visa_edge.runtime.streaming.visa_reasoner import VisaReasoner
-from visa_edge.runtime.streaming.scheduler import Reasoner
+from visa_edge.runtime.reasoner_protocol import Reasoner
 from visa_edge.runtime.tracking.factory import tracker_factory
 
 from .models import CLIP_PERIOD, QUERY, synthetic_frames, synthetic_mask

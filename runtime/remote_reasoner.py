@@ -37,8 +37,8 @@ import numpy as np
 
 from .errors import InputError, VisaEdgeError
 from .reasoning import as_queries
-from .streaming.scheduler import ReasonOutput
-from .streaming.sources import Frame
+from .reasoner_protocol import ReasonOutput
+from .frames import Frame
 
 IMAGE_FORMATS = ("jpeg", "png")
 _HEADER_LEN = struct.Struct(">I")

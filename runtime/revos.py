@@ -30,9 +30,8 @@ import numpy as np
 from . import rle
 from .errors import InputError
 from .io import read_mask, read_rgb, write_mask
-from .streaming.scheduler import Reasoner
-from .streaming.sources import Frame
-from .streaming.window import sample_references
+from .frames import Frame, sample_references
+from .reasoner_protocol import Reasoner
 from .tracking import Tracker
 from .vos_metrics import boundary_f, jaccard
 

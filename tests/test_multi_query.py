@@ -25,7 +25,7 @@ from visa_edge.runtime.reasoning_networks import MAX_QUERIES
 from visa_edge.runtime.prompt import IMAGE_TOKEN_INDEX
 from visa_edge.runtime.reasoning import ReasoningStep
 from visa_edge.runtime.streaming.visa_reasoner import VisaReasoner
-from visa_edge.runtime.streaming.sources import Frame
+from visa_edge.runtime.frames import Frame
 
 TOL = 1e-4
 # the golden query, a question (VISA's long template), a short one, and the golden query again

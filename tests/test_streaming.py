@@ -11,7 +11,8 @@ from visa_edge.runtime import synthetic
 from visa_edge.runtime.errors import InputError
 from visa_edge.runtime.streaming import Frame, PushSource, ReasonOutput, StreamConfig, StreamingRuntime
 from visa_edge.runtime.streaming.sources import FrameListSource, Paced
-from visa_edge.runtime.streaming.window import FrameBuffer, sample_references
+from visa_edge.runtime.frames import sample_references
+from visa_edge.runtime.streaming.window import FrameBuffer
 from visa_edge.runtime.tracking import Tracker, TrackOutput
 
 H, W = 24, 32

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from visa_edge.runtime import scenes
-from visa_edge.runtime.streaming.window import sample_references
+from visa_edge.runtime.frames import sample_references
 
 HELD_OUT_SEED0 = 1_000_000  # scene seeds from here on are never trained on
 

@@ -48,12 +48,12 @@ def load_engines(
     backend = backend or ("tensorrt" if manifest.backend == "tensorrt" else "onnxruntime")
     if backend not in BACKENDS:
         raise EngineError(f"backend {backend!r}: expected one of {BACKENDS}")
-    device = parse_device(str(device), "engine device")
     records = [manifest.network(n, folder) for n in (networks or manifest.networks)]
     used = {name for r in records for name in r.sources}
     check_sources(manifest, {k: v for k, v in (sources or {}).items() if k in used}, folder)
-    if backend == "tensorrt":
-        return {r.name: _tensorrt_engine(folder, manifest, r, device) for r in records}
+    if backend == "tensorrt":  # files are checked first, then the CUDA device (EngineError naming both)
+        return {r.name: _tensorrt_engine(folder, manifest, r, torch.device(device)) for r in records}
+    device = parse_device(str(device), "engine device")
     return {r.name: _ort_engine(folder, manifest, r, device, providers, provider_options) for r in records}
 
 

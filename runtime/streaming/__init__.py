@@ -1,8 +1,9 @@
 """Streaming: frame sources, the sliding-window reasoning scheduler with tracking, sinks."""
 
-from .scheduler import (FrameResult, ReasonOutput, RuntimeStats, StreamConfig, StreamingRuntime, StreamParameter,
-                        stream_parameters)
-from .sources import Frame, FrameSource, PushSource, open_source
+from ..frames import Frame
+from ..reasoner_protocol import Reasoner, ReasonOutput
+from .scheduler import FrameResult, RuntimeStats, StreamConfig, StreamingRuntime, StreamParameter, stream_parameters
+from .sources import FrameSource, PushSource, open_source
 
 __all__ = [
     "Frame",
@@ -10,6 +11,7 @@ __all__ = [
     "FrameSource",
     "PushSource",
     "ReasonOutput",
+    "Reasoner",
     "RuntimeStats",
     "StreamConfig",
     "StreamingRuntime",

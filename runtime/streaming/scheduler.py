@@ -53,7 +53,7 @@ import typing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -61,8 +61,9 @@ from ..errors import InputError
 from ..reasoning_networks import MAX_QUERIES
 from ..tracking import Tracker, TrackOutput
 from ..tracking.base import MAX_OBJECT_ID
-from .sources import Frame
-from .window import FrameBuffer, sample_references
+from ..frames import Frame, sample_references
+from ..reasoner_protocol import Reasoner
+from .window import FrameBuffer
 
 MASK_SOURCES = ("reasoning", "tracked", "none", "paused", "dropped")
 OPTIONAL_OFF = 0  # a None-able parameter given as 0 means "off" (CLI, ROS)
@@ -165,19 +166,6 @@ def stream_config_from(values: dict[str, Any]) -> StreamConfig:
             v = values[p.name]
             kw[p.name] = None if p.optional and v == OPTIONAL_OFF else v
     return StreamConfig(**kw)
-
-
-@dataclass
-class ReasonOutput:
-    """What a reasoner returns for the target (last) frame."""
-
-    mask: np.ndarray  # uint8 [H,W] 0/1
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    masks: np.ndarray | None = None  # uint8 [Q,H,W] one mask per query (reasoners given several queries); mask = masks[0]
-
-
-class Reasoner(Protocol):
-    def __call__(self, frames: Sequence[Frame], query: str | Sequence[str]) -> ReasonOutput: ...
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..frames import Frame
 from ..io import read_rgb
 from ..validate import check_frame_size
 from .images import decode_compressed, decode_raw
@@ -29,16 +29,6 @@ from .images import decode_compressed, decode_raw
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One camera frame."""
-
-    index: int  # monotonic, from 0
-    timestamp: float  # capture time, seconds
-    image: np.ndarray  # RGB uint8 [H,W,3]
-    name: str  # output file stem (source file name, else the zero-padded index)
 
 
 def check_rate(fps: float, what: str) -> float:

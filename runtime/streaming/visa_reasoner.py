@@ -10,8 +10,8 @@ import torch
 
 from ..reasoning_networks import MAX_FRAMES
 from ..reasoning import ReasoningStep, StageTimer, as_queries
-from .scheduler import ReasonOutput
-from .sources import Frame
+from ..reasoner_protocol import ReasonOutput
+from ..frames import Frame
 
 
 class VisaReasoner:

@@ -1,26 +1,11 @@
-"""Bounded frame buffer and VISA's reference-frame sampling over a window."""
+"""The bounded buffer of recent frames (reasoning windows and catch-up read it)."""
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 
-from .sources import Frame
-
-
-def sample_references(n_frames: int, target: int, max_references: int = 11) -> list[int]:
-    """Positions of the reference frames among ``n_frames``, as VISA's evaluation samples them.
-
-    ``step = ceil(n / max_references)``, start at ``target % step``: evenly spread, in
-    temporal order, and always containing the target position.
-    """
-    if not 0 <= target < n_frames:
-        raise ValueError(f"target {target} outside 0..{n_frames - 1}")
-    if max_references == 1:
-        return [target]
-    step = math.ceil(n_frames / max_references)
-    return list(range(target % step, n_frames, step))
+from ..frames import Frame
 
 
 class FrameBuffer:
