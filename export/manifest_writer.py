@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from visa_edge.runtime.backends.manifest import MANIFEST_NAME, FileRecord, Manifest, SourceRecord, sha256_file
+from visa_edge.runtime.backends.manifest import (MANIFEST_NAME, FileRecord, Manifest, SourceRecord, sha256_file,
+                                                 source_sha256)
 
 from .errors import ExportError
 
@@ -17,14 +17,9 @@ from .errors import ExportError
 def hash_source(path: str | Path) -> SourceRecord:
     """sha256 of a checkpoint file, or of a folder: over its files' relative paths and sha256s."""
     path = Path(path)
-    if path.is_file():
-        return SourceRecord(str(path.resolve()), sha256_file(path))
-    if not path.is_dir():
+    if not path.exists():
         raise ExportError(f"{path}: not found; expected a checkpoint file or folder")
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
-    return SourceRecord(str(path.resolve()), h.hexdigest())
+    return SourceRecord(str(path.resolve()), source_sha256(path))  # the hash load_engines checks against
 
 
 def file_record(folder: Path, path: Path) -> FileRecord:
