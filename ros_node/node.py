@@ -49,7 +49,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 from ..runtime.errors import InputError, VisaEdgeError
 from ..runtime.streaming import FrameResult, PushSource, StreamingRuntime
 from ..runtime.streaming.sinks import overlay
-from .parameters import DYNAMIC, PARAMETERS, STREAM_DYNAMIC, node_config, pipeline_config, stream_config, stream_values
+from .parameters import (DYNAMIC, PARAMETERS, STREAM_DYNAMIC, node_config, parse_queries, pipeline_config, stream_config,
+                         stream_values)
 from .convert import box_corners, decode_image, mask_bbox, mono8, pixel_rays, scale_intrinsics
 from .diagnostics import NodeCounters, Report, ResultInfo, mask_info, report, short
 
@@ -196,7 +197,9 @@ class _VisaEdge:
         else:
             self.runtime = self._build_runtime()
         self._show_stream_parameters()
-        if self.config.query:
+        if self.config.queries:
+            self._set_queries(self.config.queries)
+        elif self.config.query:
             self._set_query(self.config.query)
         self.source = PushSource(maxsize=self.config.queue_size)
         self._thread = threading.Thread(target=self._process, args=(self.source,), name="visa_edge_process",
@@ -357,15 +360,7 @@ class _VisaEdge:
         """Apply a JSON list of queries (ids kept for those already current), unless it is refused
         (not a JSON list of strings, or a query the reasoner refuses: logged, reported, nothing changes)."""
         try:
-            queries = json.loads(text)
-        except json.JSONDecodeError as e:
-            self._refuse(f"queries {short(text)!r}: not JSON ({e}); expected a JSON list of strings")
-            return
-        if not isinstance(queries, list):
-            self._refuse(f"queries {short(text)!r}: a JSON {type(queries).__name__}; expected a JSON list of strings")
-            return
-        try:
-            self.runtime.set_queries(queries)
+            self.runtime.set_queries(parse_queries(text))
         except InputError as e:
             self._refuse(str(e))
             return

@@ -8,11 +8,14 @@ frame); every other one is read once at start-up (read-only). An empty string or
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..runtime.errors import InputError
+from .diagnostics import short
 from ..runtime.remote_reasoner import read_token
 from ..runtime.visa_config import DTYPES
 from ..runtime.streaming.build import PipelineConfig
@@ -53,6 +56,8 @@ _OPTIONAL = {p.name for p in stream_parameters() if p.optional}  # None-able fie
 
 NODE_PARAMS = (
     Param("query", "", "initial query (the `query` topic sets or replaces it; empty: paused)"),
+    Param("queries", "", 'initial queries, a JSON list, e.g. \'["the cup", "the knife"]\' (the `queries` topic '
+          'replaces them; empty: none; not with `query`)'),
     Param("compressed", False, "subscribe to `image` as sensor_msgs/CompressedImage (jpeg/png) instead of Image"),
     Param("input_qos", "sensor_data", f"QoS of the image and camera_info subscriptions: {' | '.join(QOS_NAMES)}"),
     Param("input_depth", 5, "history depth of the image and camera_info subscriptions"),
@@ -77,6 +82,7 @@ class NodeConfig:
     """The node's own settings (topics, QoS, queueing, diagnostics)."""
 
     query: str = ""
+    queries: str = ""  # JSON list of strings
     compressed: bool = False
     input_qos: str = "sensor_data"
     input_depth: int = 5
@@ -96,6 +102,23 @@ class NodeConfig:
                 raise InputError(f"parameter {name}={getattr(self, name)}: expected >= 1")
         if self.diagnostics_period <= 0:
             raise InputError(f"parameter diagnostics_period={self.diagnostics_period}: expected > 0 seconds")
+        if self.queries:
+            if self.query:
+                raise InputError("parameters query and queries are both set: set one (queries takes a JSON list)")
+            parse_queries(self.queries, "parameter queries")
+
+
+def parse_queries(text: str, what: str = "queries") -> list[str]:
+    """A JSON list of query strings; InputError naming ``what``, the text and the expected form."""
+    shown = short(text)
+    try:
+        queries = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{what} {shown!r}: not JSON ({e}); expected a JSON list of strings") from None
+    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+        kind = type(queries).__name__ if not isinstance(queries, list) else "list with non-strings"
+        raise InputError(f"{what} {shown!r}: a JSON {kind}; expected a JSON list of strings")
+    return queries
 
 
 def node_config(values: Mapping[str, Any]) -> NodeConfig:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from visa_edge.ros_node.parameters import (
-    DYNAMIC, PARAMETERS, STREAM_DYNAMIC, STREAM_PARAMS, NodeConfig, defaults, node_command, node_config,
+    DYNAMIC, PARAMETERS, STREAM_DYNAMIC, STREAM_PARAMS, NodeConfig, defaults, node_command, node_config, parse_queries,
     parameter_args, pipeline_config, stream_config, stream_values)
 from visa_edge.ros_node.convert import box_corners, decode_image, mask_bbox, mono8, pixel_rays, scale_intrinsics
 from visa_edge.ros_node.diagnostics import (
@@ -74,12 +74,23 @@ def test_parameters_map_to_pipeline_and_stream_configs():
     ("input_qos", "best_effort", "input_qos='best_effort': expected one of"),
     ("queue_size", 0, "queue_size=0: expected >= 1"),
     ("diagnostics_period", 0.0, "diagnostics_period=0.0"),
+    ("queries", "the cup", "parameter queries 'the cup': not JSON"),
+    ("queries", '{"q": "the cup"}', "a JSON dict; expected a JSON list of strings"),
+    ("queries", '["the cup", 2]', "a JSON list with non-strings"),
 ])
 def test_invalid_parameters_are_named(key, value, message):
     values = {**defaults(), "checkpoint": "c", "clip": "c", key: value}
     with pytest.raises(InputError, match=message):
         node_config(values)
         pipeline_config(values)
+
+
+def test_start_up_queries_are_a_json_list_exclusive_with_query():
+    values = {**defaults(), "queries": '["the cup", "the knife"]'}
+    assert node_config(values).queries == '["the cup", "the knife"]'
+    assert parse_queries(node_config(values).queries) == ["the cup", "the knife"]
+    with pytest.raises(InputError, match="parameters query and queries are both set"):
+        node_config({**values, "query": "the cup"})
 
 
 def test_mask_bbox_and_mono8():

@@ -702,6 +702,17 @@ class LabelsPeer:
         self.node.destroy_node()
 
 
+def test_start_up_queries_parameter_sets_several_queries(context, probe):
+    runtime = StreamingRuntime(QueriesReasoner(), KindTracker, StreamConfig(every_frames=None, blocking=True))
+    with running_node(context, probe, runtime, queries=json.dumps([SQUARE_QUERY, TOP_QUERY])) as node:
+        peer = LabelsPeer(context, node.get_namespace())
+        try:
+            peer.latched_query_ids({"1": SQUARE_QUERY, "2": TOP_QUERY})
+            assert node.runtime.queries == {1: SQUARE_QUERY, 2: TOP_QUERY}
+        finally:
+            peer.close()
+
+
 def test_three_queries_labels_and_the_latched_id_map(context, probe):
     reasoner = QueriesReasoner()
     runtime = StreamingRuntime(reasoner, KindTracker, StreamConfig(window=4, references=2, every_frames=None,
