@@ -3,6 +3,8 @@
 One query: one prefill of the whole prompt. Several queries on one window: their prompts
 share everything up to the question (system text and every image), so that prefix is
 prefilled once into a KV cache and the per-query suffixes run together against it.
+Several windows (one query each, e.g. requests of different streams served together):
+one right-padded batched prefill (:func:`batched_seg_states`).
 """
 
 from __future__ import annotations
@@ -143,6 +145,33 @@ def query_seg_states(
     return shared_prefix_seg_states(
         llm, [e for e, _ in expanded], [p[0] for _, p in expanded], expanded_length(shared, image_tokens.shape[1])
     )
+
+
+def batched_seg_states(
+    llm: nn.Module, prompts: Sequence[Sequence[int]], image_tokens: Sequence[torch.Tensor], seg_token_id: int
+) -> torch.Tensor:
+    """[SEG] states [B,H] of B one-query windows (``prompts[b]`` over ``image_tokens[b]``), in one prefill.
+
+    Each row is cut after its [SEG]-reading position (later ids cannot change that state) and
+    right-padded with zeros to the longest row: ``inputs_embeds`` [B,Lmax,H]. Right padding needs
+    no padding mask: under the causal mask a real position attends only to earlier positions, all
+    real, and its position ids (0..L_b-1) are those of its own prefill. So each row's state equals
+    its one-prefill state up to float summation order, and the pads only cost their compute.
+    """
+    if not prompts or len(prompts) != len(image_tokens):
+        raise InputError(f"batched prefill: {len(prompts)} prompts for {len(image_tokens)} windows of image tokens; "
+                         "expected one prompt per window and at least one")
+    embed = llm.get_input_embeddings()
+    rows = []
+    for ids, tokens in zip(prompts, image_tokens):
+        embeds, positions = expand_image_tokens(ids, tokens, embed, seg_token_id)
+        rows.append(embeds[0, : positions[0] + 1])
+    lengths = [r.shape[0] for r in rows]
+    padded = rows[0].new_zeros(len(rows), max(lengths), rows[0].shape[1])
+    for b, r in enumerate(rows):
+        padded[b, : lengths[b]] = r
+    hidden = llm.model(inputs_embeds=padded, use_cache=False).last_hidden_state
+    return hidden[torch.arange(len(rows)), torch.tensor(lengths) - 1]
 
 
 def shared_prefix_length(prompts: Sequence[Sequence[int]], seg_token_id: int) -> int:

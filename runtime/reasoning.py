@@ -19,7 +19,7 @@ import torch
 from . import sam
 from .backends import Engine
 from .errors import InputError
-from .llm import query_seg_states
+from .llm import batched_seg_states, query_seg_states
 from .model import VisaModel
 from .reasoning_networks import MAX_QUERIES, REASONING_NETWORKS, torch_engines
 from .prompt import MAX_REFERENCES
@@ -63,6 +63,16 @@ def as_queries(query_or_queries: str | Sequence[str]) -> tuple[str, ...]:
     if bad:
         raise InputError(f"queries: expected strings, got {bad}")
     return queries
+
+
+@dataclass(frozen=True)
+class Window:
+    """One reasoning request: frames (references in temporal order, then the target), 1..MAX_QUERIES
+    queries, and optionally the frames' cached visual tokens [N,112,H]."""
+
+    frames: Sequence[np.ndarray]
+    queries: str | Sequence[str]
+    frame_tokens: torch.Tensor | None = None
 
 
 class StageTimer:
@@ -124,43 +134,103 @@ class ReasoningStep:
         With a single frame it is both the only reference and the target (VISA with one
         image token). ``frame_tokens`` ([N,112,H], one per frame) skips the visual encoder.
         """
-        queries = as_queries(query_or_queries)
-        if not frames:
-            raise InputError("frames: none given; expected 1 to 12 frames (references..., target)")
-        if len(frames) > MAX_REFERENCES + 1:
-            raise InputError(f"frames: {len(frames)} given; expected at most {MAX_REFERENCES} references + 1 target")
-        for i, f in enumerate(frames):
-            sam.check_rgb(f, f"frame {i}")
+        return self.batch([Window(frames, query_or_queries, frame_tokens)])[0]
+
+    def batch(self, windows: Sequence[Window]) -> list[ReasoningResult]:
+        """One result per window (e.g. requests of different streams served together), in order.
+
+        Windows with one query share one right-padded LLM prefill (``llm.batched_seg_states``);
+        a window with several queries keeps its own shared-prefix prefill (``llm.query_seg_states``:
+        batching its queries as rows would prefill its images once per query). The [SEG] head
+        runs per window (a tiny MLP; batching its rows would change their float summation
+        order for nothing); the SAM encoder runs once on every target where its engine
+        takes a batch (PyTorch), else once per target (the exported encoders have a static batch
+        of 1); the mask decoder runs per window (its engines take one image). A single window runs
+        exactly the one-window step. Any bad window raises for the whole batch (callers wanting
+        per-window isolation retry the windows one by one). Every result's ``timings`` are the
+        batch's stage times: each window waited for all of them.
+        """
+        if not windows:
+            raise InputError("windows: none given; expected at least one (frames, queries) window")
+        queries = [self._check(f"window {k}: " if len(windows) > 1 else "", w) for k, w in enumerate(windows)]
         timer = StageTimer(self.device)
         m = self.model
         with torch.inference_mode():
-            if frame_tokens is None:
-                with timer.stage("visual_tokens"):
-                    frame_tokens = self.visual_tokens(frames)
-            elif frame_tokens.shape[0] != len(frames):
-                raise InputError(f"frame_tokens: {frame_tokens.shape[0]} rows for {len(frames)} frames")
-            refs = frame_tokens[:-1] if len(frames) > 1 else frame_tokens
-            image_tokens = torch.cat([refs, frame_tokens[-1:]], 0)
+            image_tokens = [self._image_tokens(w, timer) for w in windows]
             with timer.stage("llm_prefill"):
-                prompts = [m.prompt(q, image_tokens.shape[0] - 1) for q in queries]
-                hidden = query_seg_states(m.llm, prompts, image_tokens, m.prompt.seg_token_id)
+                hidden = self._seg_states(queries, image_tokens)
             with timer.stage("seg_head"):
-                seg = m.text_hidden_fcs(hidden.to(self.dtype))
-            target = frames[-1]
+                seg = [m.text_hidden_fcs(h.to(self.dtype)) for h in hidden]
+            targets = [w.frames[-1] for w in windows]
             with timer.stage("sam_encoder"):
-                image, resized = sam.preprocess(target)
-                emb = self.engines["sam_encoder"].run({"image": image[None].to(self.device, self.dtype)})["image_embeddings"]
+                embeddings, resized = self._sam_embeddings(targets)
+            outs = []
             with timer.stage("mask_decoder"):
-                out = self.engines["mask_decoder"].run({"image_embeddings": emb, "seg_embeddings": seg})
+                for emb, s in zip(embeddings, seg):
+                    outs.append(self.engines["mask_decoder"].run({"image_embeddings": emb, "seg_embeddings": s}))
             with timer.stage("postprocess"):
-                logits = sam.postprocess(out["low_res_logits"], resized, target.shape[:2]).cpu().numpy()
-        return ReasoningResult(
-            queries=queries,
-            masks=(logits > 0).astype(np.uint8),
-            mask_logits=logits,
-            low_res_logits=out["low_res_logits"].float().cpu(),
-            seg_hidden=hidden.float().cpu(),
-            seg_embedding=seg.float().cpu(),
-            ious=out["iou"].float().cpu().numpy().reshape(-1),
-            timings=timer.timings,
-        )
+                logits = [sam.postprocess(o["low_res_logits"], r, t.shape[:2]).cpu().numpy()
+                          for o, r, t in zip(outs, resized, targets)]
+        return [
+            ReasoningResult(
+                queries=q,
+                masks=(lg > 0).astype(np.uint8),
+                mask_logits=lg,
+                low_res_logits=o["low_res_logits"].float().cpu(),
+                seg_hidden=h.float().cpu(),
+                seg_embedding=s.float().cpu(),
+                ious=o["iou"].float().cpu().numpy().reshape(-1),
+                timings=dict(timer.timings),
+            )
+            for q, lg, o, h, s in zip(queries, logits, outs, hidden, seg)
+        ]
+
+    def _check(self, prefix: str, window: Window) -> tuple[str, ...]:
+        """The window's queries, after checking its frames and tokens (InputError starting with ``prefix``)."""
+        try:
+            queries = as_queries(window.queries)
+        except InputError as e:
+            raise InputError(f"{prefix}{e}") from None
+        frames = window.frames
+        if not frames:
+            raise InputError(f"{prefix}frames: none given; expected 1 to 12 frames (references..., target)")
+        if len(frames) > MAX_REFERENCES + 1:
+            raise InputError(f"{prefix}frames: {len(frames)} given; expected at most {MAX_REFERENCES} references + 1 target")
+        for i, f in enumerate(frames):
+            sam.check_rgb(f, f"{prefix}frame {i}")
+        if window.frame_tokens is not None and window.frame_tokens.shape[0] != len(frames):
+            raise InputError(f"{prefix}frame_tokens: {window.frame_tokens.shape[0]} rows for {len(frames)} frames")
+        return queries
+
+    def _image_tokens(self, window: Window, timer: StageTimer) -> torch.Tensor:
+        """The prompt's image tokens [n_images,T,H]: references then target (the one frame twice if alone)."""
+        tokens = window.frame_tokens
+        if tokens is None:
+            with timer.stage("visual_tokens"):
+                tokens = self.visual_tokens(window.frames)
+        refs = tokens[:-1] if tokens.shape[0] > 1 else tokens
+        return torch.cat([refs, tokens[-1:]], 0)
+
+    def _seg_states(self, queries: list[tuple[str, ...]], image_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+        """[SEG] states [Q,H] per window: one-query windows batched together when there are several."""
+        m = self.model
+        prompts = [[m.prompt(q, t.shape[0] - 1) for q in qs] for qs, t in zip(queries, image_tokens)]
+        singles = [k for k, qs in enumerate(queries) if len(qs) == 1] if len(queries) > 1 else []
+        states: dict[int, torch.Tensor] = {}
+        if len(singles) > 1:
+            rows = batched_seg_states(m.llm, [prompts[k][0] for k in singles], [image_tokens[k] for k in singles],
+                                      m.prompt.seg_token_id)
+            states = {k: rows[j : j + 1] for j, k in enumerate(singles)}
+        return [states[k] if k in states else query_seg_states(m.llm, prompts[k], image_tokens[k], m.prompt.seg_token_id)
+                for k in range(len(queries))]
+
+    def _sam_embeddings(self, targets: list[np.ndarray]) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """SAM image embeddings [1,256,64,64] per target and each target's resized size."""
+        engine = self.engines["sam_encoder"]
+        pre = [sam.preprocess(t) for t in targets]
+        images = torch.stack([image for image, _ in pre]).to(self.device, self.dtype)
+        if engine.backend == "torch":
+            embeddings = list(engine.run({"image": images})["image_embeddings"].split(1))
+        else:
+            embeddings = [engine.run({"image": image[None]})["image_embeddings"] for image in images]
+        return embeddings, [r for _, r in pre]
