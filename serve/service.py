@@ -1,9 +1,12 @@
 """The server's reasoning work, without Ray: per-stream token caches and batched steps.
 
-``ReasonService.handle`` takes the requests that arrived together (``@serve.batch``) and
-encodes the visual tokens of every frame they lack in one call (the batchable part), then runs
-the rest of the step (LLM prefill, [SEG] head, SAM, mask decoder) per request: batching the
-prefill across windows of different lengths would pad it and change its numbers.
+``ReasonService.handle`` takes the requests that arrived together (``@serve.batch``), encodes
+the visual tokens of every frame they lack in one call, then runs the rest of the step for all
+of them in one ``ReasoningStep.batch`` (one right-padded LLM prefill over the one-query windows,
+the SAM encoder on every target in one call where the engine allows). Failures stay per request:
+a request whose window cannot be assembled is answered alone, and if the batched step raises,
+each request is retried alone (counted as ``batch_fallbacks``) so one bad request cannot fail
+the others.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from visa_edge.runtime.errors import VisaEdgeError
-from visa_edge.runtime.reasoning import ReasoningStep
+from visa_edge.runtime.reasoning import ReasoningResult, ReasoningStep, Window
 from visa_edge.runtime.remote_reasoner import ReasonRequest, encode_masks
 
 
@@ -37,6 +40,7 @@ class ServiceMetrics:
     answered: int = 0  # 200 answers
     missing_answers: int = 0  # 409 answers (frames the server lacked)
     failed: int = 0  # 400/500 answers from the step
+    batch_fallbacks: int = 0  # batched steps that raised, so each of their requests was retried alone
     refused_unauthorized: int = 0  # 401
     refused_too_large: int = 0  # 413
     bad_requests: int = 0  # 400 before the step (unparsable bodies)
@@ -100,8 +104,16 @@ class ReasonService:
             t0 = time.perf_counter()
             encoded = self._encode_missing(todo)
             encode_s = time.perf_counter() - t0
+            windows: list[tuple[int, Window]] = []
             for k, req in todo:
-                answers[k] = self._run(req, encode_s, encoded)
+                window = self._window(req)
+                if isinstance(window, Answer):
+                    answers[k] = window
+                else:
+                    windows.append((k, window))
+            extra = {"timings": {"visual_tokens_batch": encode_s}, "encoded_in_batch": encoded}
+            for (k, _), answer in zip(windows, self._step([w for _, w in windows], extra)):
+                answers[k] = answer
         return answers
 
     def _encode_missing(self, todo: list[tuple[int, ReasonRequest]]) -> int:
@@ -124,8 +136,8 @@ class ReasonService:
                 self._caches[stream][i] = t
         return len(jobs)
 
-    def _run(self, req: ReasonRequest, encode_s: float, encoded: int) -> Answer:
-        """The rest of the step for one request, on its cached tokens."""
+    def _window(self, req: ReasonRequest) -> Window | Answer:
+        """The request's window on its cached tokens (and its stream's cache trimmed), or its error answer."""
         cache = self._caches[req.stream]
         try:
             tokens = torch.stack([cache[i] for i in req.frames])
@@ -136,13 +148,48 @@ class ReasonService:
             # Only the target's pixels are used (SAM); the references are placeholders of the frame's shape.
             blank = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (*req.shape, 3))
             images = [blank] * (len(req.frames) - 1) + [req.images[req.frames[-1]]]
-            result = self.step(images, req.queries, frame_tokens=tokens)
-        except VisaEdgeError as e:
-            self.metrics.failed += 1
-            return Answer(400, {"error": str(e)})
         except Exception as e:  # one request's failure must not fail the others in its batch
-            self.metrics.failed += 1
-            return Answer(500, {"error": f"{type(e).__name__}: {e}"})
-        self.metrics.answered += 1
-        timings = {"visual_tokens_batch": encode_s, **result.timings}
-        return Answer(200, {"status": "ok", **encode_masks(result.masks), "timings": timings, "encoded_in_batch": encoded})
+            return self._failed(e)
+        return Window(images, req.queries, tokens)
+
+    def _step(self, windows: list[Window], extra: dict) -> list[Answer]:
+        """Answers for ``windows`` from one batched step, or, if it raises, from one step per window.
+
+        ``extra`` holds what the batch shares (``timings`` of its token encoding, ``encoded_in_batch``)."""
+        if not windows:
+            return []
+        size = len(windows)
+        try:
+            with torch.inference_mode():
+                results: list[ReasoningResult | Exception] = list(self.step.batch(windows))
+        except Exception as e:
+            if size == 1:
+                results = [e]
+            else:
+                self.metrics.batch_fallbacks += 1
+                results, size = [self._alone(w) for w in windows], 1
+        answers = []
+        for result in results:
+            if isinstance(result, Exception):
+                answers.append(self._failed(result))
+                continue
+            self.metrics.answered += 1
+            body = {"status": "ok", **encode_masks(result.masks), "timings": {**extra["timings"], **result.timings},
+                    "encoded_in_batch": extra["encoded_in_batch"], "step_batch": size}
+            answers.append(Answer(200, body))
+        return answers
+
+    def _alone(self, window: Window) -> ReasoningResult | Exception:
+        """The window's own one-window step, or the error it raised."""
+        try:
+            with torch.inference_mode():
+                return self.step.batch([window])[0]
+        except Exception as e:
+            return e
+
+    def _failed(self, error: Exception) -> Answer:
+        """400 for the project's errors (bad input), 500 for anything else; counted as failed."""
+        self.metrics.failed += 1
+        if isinstance(error, VisaEdgeError):
+            return Answer(400, {"error": str(error)})
+        return Answer(500, {"error": f"{type(error).__name__}: {error}"})

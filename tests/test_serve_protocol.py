@@ -87,18 +87,26 @@ def test_image_of_the_wrong_size_and_trailing_bytes_are_refused():
 
 
 class _FakeStep:
-    """Tokens = mean of each frame; the mask is 1 where the target is brighter than the tokens' mean."""
+    """Tokens = mean of each frame; the mask is 1 where the target is brighter than the tokens' mean.
+    A window whose query is "boom" raises (InputError), failing any batch it is in."""
 
     def __init__(self):
         self.encode_calls: list[int] = []
+        self.batch_calls: list[int] = []
 
     def visual_tokens(self, images):
         self.encode_calls.append(len(images))
         return torch.tensor([[float(np.mean(im))] for im in images])
 
-    def __call__(self, images, queries, frame_tokens):
-        target = images[-1].mean(-1)
-        masks = np.stack([(target > float(frame_tokens.mean())).astype(np.uint8)] * len(queries))
+    def batch(self, windows):
+        self.batch_calls.append(len(windows))
+        if any("boom" in w.queries for w in windows):
+            raise InputError("queries: 'boom' is not allowed")
+        return [self._one(w) for w in windows]
+
+    def _one(self, w):
+        target = w.frames[-1].mean(-1)
+        masks = np.stack([(target > float(w.frame_tokens.mean())).astype(np.uint8)] * len(w.queries))
         return SimpleNamespace(masks=masks, timings={"fake": 0.0})
 
 
@@ -111,6 +119,7 @@ def test_service_batches_encoding_caches_per_stream_and_reports_missing_frames()
     req = lambda stream, frames, send: decode_request(encode_request(stream, [QUERY], frames, send, fmt="png"))  # noqa: E731
     answers = service.handle([req("a", a[:3], {0, 1, 2}), req("b", b[:2], {0, 1})])
     assert [x.status for x in answers] == [200, 200] and step.encode_calls == [5]  # both streams in one call
+    assert step.batch_calls == [2] and [x.body["step_batch"] for x in answers] == [2, 2]  # and one step
     # stream a holds 0..2; frame 3 is new, 0 and 2 come from the cache
     answers = service.handle([req("a", [a[0], a[2], a[3]], {3})])
     assert answers[0].status == 200 and step.encode_calls == [5, 1]
@@ -125,6 +134,26 @@ def test_service_batches_encoding_caches_per_stream_and_reports_missing_frames()
     assert m["missing_answers"] == 2 and m["evicted_streams"] == 2 and m["batch_sizes"] == {"1": 5, "2": 1}
     assert m["max_batch_size"] == 2 and m["cache_hits"] == 2 and m["cache_misses"] == 5 + 1 + 2 + 1
     assert m["requests"] == 7 and m["answered"] == 5 and m["frames_received"] == 5 + 1 + 2 + 1 + 1 + 1
+
+
+def test_one_bad_request_does_not_fail_its_batch():
+    """The batched step raises for a batch holding a bad request: each request is retried alone, the bad one
+    gets 400, the others their masks; the fallback is counted."""
+    from visa_edge.serve.service import ReasonService
+
+    step = _FakeStep()
+    service = ReasonService(step)
+    frames = _frames(3)
+    reqs = [decode_request(encode_request(s, [q], frames, {0, 1, 2}, fmt="png"))
+            for s, q in (("a", QUERY), ("b", "boom"), ("c", QUERY))]
+    answers = service.handle(reqs)
+    assert [x.status for x in answers] == [200, 400, 200]
+    assert answers[1].body == {"error": "queries: 'boom' is not allowed"}
+    assert step.batch_calls == [3, 1, 1, 1] and answers[0].body["step_batch"] == 1
+    m = service.metrics.snapshot()
+    assert (m["batch_fallbacks"], m["answered"], m["failed"]) == (1, 2, 1)
+    # a lone bad request is not a fallback
+    assert service.handle(reqs[1:2])[0].status == 400 and service.metrics.batch_fallbacks == 1
 
 
 def test_client_refuses_bad_urls_and_formats():
