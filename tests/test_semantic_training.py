@@ -9,7 +9,7 @@ from visa_edge.runtime.checkpoint import load_state_dict
 from visa_edge.runtime.model import VisaModel
 from visa_edge.training.train import TrainConfig, train
 
-SHORT = TrainConfig(pool_frames=1, decoder_steps=10, reasoner_steps=10)  # 20 steps
+SHORT = TrainConfig(pool_frames=1, decoder_steps=10, reasoner_steps=6, kinds_steps=4)  # 20 steps, both reasoner phases
 
 
 def test_twenty_training_steps_are_bit_deterministic(tmp_path):
@@ -19,7 +19,8 @@ def test_twenty_training_steps_are_bit_deterministic(tmp_path):
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # ... and training changed the trained parts, not the frozen ones
-    init = train(TrainConfig(pool_frames=1, decoder_steps=0, reasoner_steps=0), tmp_path / "init", progress=False)
+    init = train(TrainConfig(pool_frames=1, decoder_steps=0, reasoner_steps=0, kinds_steps=0), tmp_path / "init",
+                 progress=False)
     s0 = load_state_dict(init.checkpoint)
     changed = {k for k in sa if not torch.equal(sa[k], s0[k])}
     assert any(k.startswith("model.layers.") for k in changed)

@@ -27,6 +27,7 @@ processes (``workers=2``) with the same result as one after the other.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import time
 from collections.abc import Iterator
@@ -44,12 +45,13 @@ from tqdm import tqdm
 from visa_edge.runtime import prompt as vprompt
 from visa_edge.runtime import sam, scenes
 from visa_edge.runtime.checkpoint import load_state_dict, quiet_transformers
+from visa_edge.runtime.clustering import ClusterLevel
 from visa_edge.runtime.llm import expand_image_tokens
 from visa_edge.runtime.model import LLM_PREFIXES, PROJECTOR, SAM, SEG_HEAD, VisaModel
 from visa_edge.runtime.sam import SegMaskDecoder
 from visa_edge.runtime.tiny import TinyCheckpoint, TinySpec, _write_shards, write_tiny_checkpoint
 
-from .samples import HELD_OUT_SEED0, WindowSpec, draw
+from .samples import HELD_OUT_SEED0, WindowSpec, draw, frame_indices
 
 COLOUR_NAMES = tuple(scenes.COLOURS)
 STAGES = ("decoder", "reasoner")
@@ -68,14 +70,18 @@ class TrainConfig:
     warmup: int = 10
     crop: int = 32  # decoder-stage crop of the 64x64 embedding grid (tokens)
     queries_per_step: int = 4
-    # Query kinds the reasoner stage trains on. The other kinds (motion, relation, order, position)
-    # did not leave the mean code within this budget and only add noise; see training/reproduce.md.
-    reasoner_kinds: tuple[str, ...] = ("colour_shape",)
+    # Second phase of the reasoner stage: the query kinds that need the images (half of each
+    # step's queries stay colour_shape), image tokens in full from the start.
+    kinds_steps: int = 0
+    kinds_lr: float = 1e-3
+    reasoner_kinds: tuple[str, ...] = ("colour_shape", "ordering", "position")
     threads: int = 1  # per stage process (two stages in parallel use the 2 cores)
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     code_weight: float = 1.0
+    token_weight: float = 4.0  # second phase: the colour code of the object under every image token
+    attn_weight: float = 1.0  # second phase: the [SEG] position's last-layer attention on the answer's tokens
     window: WindowSpec = field(default_factory=WindowSpec)
     spec: TinySpec = field(default_factory=TinySpec)
 
@@ -160,14 +166,23 @@ class Trainer:
         self.rng = np.random.default_rng([cfg.seed, STAGES.index(stage)])  # stages are independent
         self.t0 = time.perf_counter()
 
-    def frame_tokens(self, frames: list[np.ndarray]) -> torch.Tensor:
+    def frame_tokens(self, frames: list[np.ndarray], masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected tokens [F,T,H] of the frames (as ``m.clustering`` + projector give them) and the
+        share [F,T,K] of each object's visible pixels under each token (``masks``: uint8 [F,K,h,w])."""
         m = self.model
         pixels = torch.stack([m.clip_preprocess(f) for f in frames])
-        return m.mm_projector(m.clustering(m.vision_tower(pixels)))
+        features = m.vision_tower(pixels)
+        levels = m.clustering.levels(features)
+        tokens = m.mm_projector(torch.cat([lv.merged for lv in levels], dim=1).to(features.dtype))
+        return tokens, token_shares(levels, masks)
 
-    def seg_and_ce(self, tokens: torch.Tensor, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """[SEG] embeddings [Q,256], the mean answer-token cross-entropy, and per query the head's
-        output at every position from the end of the query words to the [SEG] position.
+    def seg_and_ce(self, tokens: torch.Tensor, queries: list[str], attend: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """[SEG] embeddings [Q,256], the mean answer-token cross-entropy, per query the head's
+        output at every position from the end of the query words to the [SEG] position, the
+        head's output at every image token [F,T,256] (the images precede the query: the same for
+        all) and, with ``attend`` (eager attention), the last layer's attention of the [SEG]
+        position over the image tokens [Q,heads,F*T].
 
         The prompts run as one batch, right-padded: attention is causal, so padding after a
         prompt changes none of its states.
@@ -183,14 +198,23 @@ class Trainer:
             rows.append((embeds[0], seg_pos[0], after_query, ids, answer_span(m, q, n_refs)))
         length = max(r[0].shape[0] for r in rows)
         batch = torch.stack([F.pad(e, (0, 0, 0, length - e.shape[0])) for e, *_ in rows])
-        hidden = m.llm.model(inputs_embeds=batch, use_cache=False).last_hidden_state
+        out = m.llm.model(inputs_embeds=batch, use_cache=False, output_attentions=attend)
+        hidden = out.last_hidden_state
         segs, ces, dense = [], [], []
         for h, (e, seg_pos, after_query, ids, span) in zip(hidden, rows):
             n = e.shape[0]
             ces.append(F.cross_entropy(m.llm.lm_head(h[n - span - 1 : n - 1]), torch.tensor(ids[-span:])))
             segs.append(m.text_hidden_fcs(h[seg_pos]))
             dense.append(m.text_hidden_fcs(h[after_query : seg_pos + 1]))
-        return torch.stack(segs), torch.stack(ces).mean(), dense
+        ids = rows[0][3]
+        placeholders = [j for j, t in enumerate(ids) if t == vprompt.IMAGE_TOKEN_INDEX]
+        starts = [p + i * (tokens.shape[1] - 1) for i, p in enumerate(placeholders)]
+        at_images = torch.stack([hidden[0, p : p + tokens.shape[1]] for p in starts])
+        attention = None
+        if attend:
+            image_pos = torch.cat([torch.arange(p, p + tokens.shape[1]) for p in starts])
+            attention = torch.stack([out.attentions[-1][i, :, r[1]][:, image_pos] for i, r in enumerate(rows)])
+        return torch.stack(segs), torch.stack(ces).mean(), dense, m.text_hidden_fcs(at_images), attention
 
     def colour_index(self, scene: scenes.Scene, k: int) -> int:
         return COLOUR_NAMES.index(scene.objects[k].colour)
@@ -248,24 +272,53 @@ class Trainer:
             dice = dice_loss(logits, (gt > 0.5).float())
             yield {"bce": bce, "dice": dice, "loss": cfg.bce_weight * bce + cfg.dice_weight * dice}
 
-    def reasoner_batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Queries on a window: answer-token cross-entropy + [SEG] embedding to the answer's colour code."""
+    def reasoner_batches(self, kinds: tuple[str, ...], steps: int, fade: bool, grounded: bool
+                         ) -> Iterator[dict[str, torch.Tensor]]:
+        """Queries on a window: answer-token cross-entropy + [SEG] embedding to the answer's colour code.
+        ``fade``: image tokens weighted by ``image_weight``. ``grounded``: + the image tokens' colour
+        codes and the [SEG] position's attention on the answer's tokens (``token_weight``, ``attn_weight``)."""
         cfg = self.cfg
         step = 0
         while True:
             step += 1
             sample, scene = draw(int(self.rng.integers(0, HELD_OUT_SEED0)), self.rng, cfg.window, cfg.queries_per_step,
-                                 cfg.reasoner_kinds)
-            tokens = self.frame_tokens(sample.frames) * image_weight(step, cfg.reasoner_steps)
-            segs, ce, dense = self.seg_and_ce(tokens, [q.text for q in sample.queries])
+                                 kinds)
+            weight = image_weight(step, steps) if fade else 1.0
+            tokens, shares = self.frame_tokens(sample.frames, scene.masks[frame_indices(sample.target, cfg.window)])
+            segs, ce, dense, at_images, attention = self.seg_and_ce(tokens * weight, [q.text for q in sample.queries],
+                                                                    grounded)
             target = self.codes[[self.colour_index(scene, q.targets[sample.target]) for q in sample.queries]]
             scale = (self.codes**2).mean()
             code = ((segs - target) ** 2).mean() / scale
             # every position after the query words must know the answer too: many more gradients
             # towards reading the query than the [SEG] position alone gives
             dense_code = torch.stack([((d - c) ** 2).mean() for d, c in zip(dense, target)]).mean() / scale
-            yield {"ce": ce, "code": code, "dense_code": dense_code,
-                   "loss": cfg.ce_weight * ce + cfg.code_weight * (code + dense_code)}
+            parts = {"ce": ce, "code": code, "dense_code": dense_code,
+                     "loss": cfg.ce_weight * ce + cfg.code_weight * (code + dense_code)}
+            if grounded:
+                # every image token says which object's colour it covers (0: background), and the [SEG]
+                # position looks at the answer's tokens: a query about positions or sizes can then copy
+                # the answer's code from the right tokens
+                object_codes = self.codes[[self.colour_index(scene, k) for k in range(len(scene.objects))]]
+                parts["token_code"] = ((at_images - shares @ object_codes) ** 2).mean() / scale
+                answer = shares.flatten(0, 1)[:, [q.targets[sample.target] for q in sample.queries]].T  # [Q,F*T]
+                parts["attention"] = -torch.log((attention * answer[:, None]).sum(-1) + 1e-3).mean()
+                parts["loss"] = (parts["loss"] + cfg.token_weight * parts["token_code"]
+                                 + cfg.attn_weight * parts["attention"])
+            yield parts
+
+
+def token_shares(levels: list[ClusterLevel], masks: np.ndarray) -> torch.Tensor:
+    """Share [F,T,K] of each object's pixels under each clustered token: the masks' area fraction per
+    CLIP patch, averaged per cluster level after level as the clustering averages the features."""
+    side = math.isqrt(levels[0].assign.shape[1])
+    share = F.interpolate(torch.from_numpy(masks).float(), (side, side), mode="area").flatten(2).transpose(1, 2)
+    out = []
+    for lv in levels:
+        onehot = (lv.assign.unsqueeze(-1) == torch.arange(lv.centers.shape[1])).float()  # [F,N,C]
+        share = (onehot.transpose(1, 2) @ share) / (onehot.sum(1).unsqueeze(-1) + 1e-6)
+        out.append(share)
+    return torch.cat(out, dim=1)
 
 
 def colour_codes(seed: int, dim: int) -> torch.Tensor:
@@ -316,10 +369,17 @@ def train_stage(cfg: TrainConfig, ckpt: TinyCheckpoint, stage: str, log_path: Pa
         reinit_linear(model.mm_projector)
     for p in params.values():
         p.requires_grad_(True)
-    steps, lr = (cfg.decoder_steps, cfg.decoder_lr) if stage == "decoder" else (cfg.reasoner_steps, cfg.reasoner_lr)
+    trained = list(params.values())
     with open(log_path, "w") if log_path else nullcontext() as log:
         t = Trainer(model, cfg, stage, log)
-        t.run_stage(stage, steps, lr, list(params.values()), t.decoder_batches() if stage == "decoder" else t.reasoner_batches())
+        if stage == "decoder":
+            t.run_stage(stage, cfg.decoder_steps, cfg.decoder_lr, trained, t.decoder_batches())
+        else:
+            t.run_stage(stage, cfg.reasoner_steps, cfg.reasoner_lr, trained,
+                        t.reasoner_batches(("colour_shape",), cfg.reasoner_steps, True, False))
+            model.llm.set_attn_implementation("eager")  # attention weights for the grounding loss
+            t.run_stage("kinds", cfg.kinds_steps, cfg.kinds_lr, trained,
+                        t.reasoner_batches(cfg.reasoner_kinds, cfg.kinds_steps, False, True))
     return {k: p.detach().clone() for k, p in params.items()}
 
 
