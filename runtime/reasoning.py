@@ -3,8 +3,10 @@
 CLIP+clustering tokens per frame -> LLaMA prefill -> [SEG] state per query -> ``text_hidden_fcs``
 -> SAM encoder on the target (once) -> [SEG]-prompted mask decoder (all queries in one call)
 -> logits at frame size. Several queries share the prefill of the system text and images
-(``llm.query_seg_states``). The heavy networks run behind ``Engine``s, so the same step runs
-on PyTorch, ONNX Runtime or TensorRT.
+(``llm.query_seg_states``). Windows of several streams run together with
+``ReasoningStep.batch`` (one padded prefill, one SAM encoder call where the engine batches).
+The heavy networks run behind ``Engine``s, so the same step runs on PyTorch, ONNX Runtime or
+TensorRT.
 """
 
 from __future__ import annotations
