@@ -186,14 +186,33 @@ def dense_positional_encoding(gaussian: torch.Tensor, grid: tuple[int, int]) -> 
     return torch.cat([proj.sin(), proj.cos()], dim=-1).permute(2, 0, 1).unsqueeze(0)
 
 
+UPSCALE_BLOCKS = 8  # row blocks of the per-pixel upscaling: each block's intermediates stay in cache
+
+
 class SegMaskDecoder(nn.Module):
     """SAM mask decoder prompted by [SEG] embeddings, one mask per query.
 
     Inputs: image embeddings [1,256,64,64] and Q [SEG] embeddings [Q,256] (the sparse
     prompts). The dense prompt (``no_mask_embed``) and the positional encoding are
     folded in as constants. Outputs low-res logits [Q,1,256,256] and IoU [Q,1] of mask
-    token 0 (VISA's ``multimask_output=False``). Written with broadcasting instead of
-    ``repeat_interleave`` so that the exported graph has no Tile on shape tensors.
+    token 0 (VISA's ``multimask_output=False``).
+
+    SAM's ``MaskDecoder.predict_masks`` (two-way transformer, upscaling, hypernetwork), computed
+    so that the work per query is small; each query's output equals SAM's up to float summation
+    order:
+
+    - the first block's image-side projections are computed once (:meth:`image_side`) and
+      broadcast over the queries (no per-query copy of the image embedding);
+    - later attentions over per-query image states fold the 256->128 projections into the
+      token side (``(x W^T) . q == x . (W q)``; a key bias is constant along the softmax axis
+      and the value bias passes through it, since the probabilities sum to 1);
+    - the last token->image attention runs for the two tokens read afterwards (IoU, mask 0)
+      and only mask 0's hypernetwork and product are computed;
+    - the upscaling (two stride-2 transposed convolutions) is written as per-pixel matrix
+      products on channels-last states, in row blocks that fit in cache.
+
+    Broadcasting only (no ``repeat_interleave``), no data-dependent control flow: the exported
+    graph has a dynamic ``queries`` axis.
     """
 
     def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module):
@@ -208,16 +227,161 @@ class SegMaskDecoder(nn.Module):
 
     def forward(self, image_embeddings: torch.Tensor, seg_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.decoder
+        tr = d.transformer
+        image = self.image_side(image_embeddings)
         q = seg_embeddings.shape[0]
         out_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(q, -1, -1), seg_embeddings.unsqueeze(1)], dim=1)
-        src = (image_embeddings + self.dense).expand(q, -1, -1, -1)
-        pos = self.image_pe.expand(q, -1, -1, -1)
-        c, h, w = src.shape[1:]
-        hs, src = d.transformer(src, pos, tokens)
-        src = src.transpose(1, 2).reshape(q, c, h, w)
-        up = d.output_upscaling(src)
-        hyper = d.output_hypernetworks_mlps[0](hs[:, 1, :])
-        low_res = (hyper.unsqueeze(1) @ up.flatten(2)).reshape(q, 1, up.shape[-2], up.shape[-1])
-        iou = d.iou_prediction_head(hs[:, 0, :])[:, :1]
+        queries, keys = _two_way_block(tr.layers[0], tokens, image.keys, tokens, image.pos, image)
+        for layer in tr.layers[1:]:
+            queries, keys = _two_way_block(layer, queries, keys, tokens, image.pos)
+        head = queries[:, :2]  # the IoU token and mask token 0: all that is read after this attention
+        attn = _tokens_to_image(tr.final_attn_token_to_image, head + tokens[:, :2], keys + image.pos, keys)
+        head = tr.norm_final_attn(head + attn)
+        hyper = d.output_hypernetworks_mlps[0](head[:, 1])
+        low_res = _upscaled_logits(d.output_upscaling, keys, hyper, tuple(image_embeddings.shape[-2:]))
+        iou = d.iou_prediction_head(head[:, 0])[:, :1]
         return low_res, iou
+
+    def image_side(self, image_embeddings: torch.Tensor) -> "ImageSide":
+        """The query-independent inputs of the first two-way block, computed once per call."""
+        layer = self.decoder.transformer.layers[0]
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        keys = (image_embeddings + self.dense).flatten(2).transpose(1, 2)  # [1,N,C]
+        pos = self.image_pe.flatten(2).transpose(1, 2)
+        with_pos = (keys + pos)[0]
+        return ImageSide(
+            keys=keys,
+            pos=pos,
+            t2i_keys=_heads(t2i.k_proj(with_pos), t2i.num_heads).transpose(0, 1),
+            t2i_values=_heads(t2i.v_proj(keys[0]), t2i.num_heads).transpose(0, 1),
+            i2t_queries=_heads(i2t.q_proj(with_pos), i2t.num_heads).transpose(0, 1),
+        )
+
+
+@dataclass
+class ImageSide:
+    """Query-independent tensors of the decoder: image states [1,N,C], their positional
+    encoding [1,N,C], and the first block's projections of the image, per head [h,N,d]."""
+
+    keys: torch.Tensor
+    pos: torch.Tensor
+    t2i_keys: torch.Tensor
+    t2i_values: torch.Tensor
+    i2t_queries: torch.Tensor
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[..., h*d] -> [..., h, d]."""
+    return x.unflatten(-1, (heads, -1))
+
+
+def _by_head(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Token projections [Q,T,h*d] -> [h,Q*T,d]."""
+    return _heads(x, heads).permute(2, 0, 1, 3).flatten(1, 2)
+
+
+def _scale(attn: nn.Module) -> float:
+    return (attn.internal_dim // attn.num_heads) ** -0.5
+
+
+def _two_way_block(layer: nn.Module, queries, keys, query_pe, key_pe, image: ImageSide | None = None):
+    """SAM's ``TwoWayAttentionBlock``; ``image`` given: the first block, whose keys are the image for every query."""
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    if image is None:
+        with_pos = keys + key_pe
+        attn = _tokens_to_image(t2i, queries + query_pe, with_pos, keys)
+    else:
+        attn = _tokens_to_shared_image(t2i, queries + query_pe, image)
+    queries = layer.norm2(queries + attn)
+    queries = layer.norm3(queries + layer.mlp(queries))
+    token_keys = _heads(i2t.k_proj(queries + query_pe) * _scale(i2t), i2t.num_heads)  # [Q,T,h,d]
+    if image is None:
+        probs = _image_to_token_probs(i2t, with_pos, token_keys)
+    else:
+        probs = _shared_image_to_token_probs(image.i2t_queries, token_keys)
+    keys = layer.norm4(_image_to_tokens(i2t, keys, probs, queries))
+    return queries, keys
+
+
+def _tokens_to_shared_image(attn: nn.Module, q: torch.Tensor, image: ImageSide) -> torch.Tensor:
+    """Tokens [Q,T,C] attend to the image, whose keys and values were projected once."""
+    nq, t, _ = q.shape
+    h = attn.num_heads
+    p = torch.softmax(_by_head(attn.q_proj(q) * _scale(attn), h) @ image.t2i_keys.transpose(1, 2), dim=-1)  # [h,QT,N]
+    return attn.out_proj((p @ image.t2i_values).unflatten(1, (nq, t)).permute(1, 2, 0, 3).flatten(2))
+
+
+def _tokens_to_image(attn: nn.Module, q: torch.Tensor, keys_in: torch.Tensor, values_in: torch.Tensor) -> torch.Tensor:
+    """Tokens [Q,T,C] attend to per-query image states [Q,N,C]: the key projection is folded into
+    the tokens (scores = keys_in @ (W_k^T q)) and the value projection applied after mixing."""
+    nq, t, c = q.shape
+    h = attn.num_heads
+    qh = _by_head(attn.q_proj(q) * _scale(attn), h)  # [h,QT,d]
+    folded = (qh @ attn.k_proj.weight.unflatten(0, (h, -1))).unflatten(1, (nq, t)).transpose(0, 1).reshape(nq, h * t, c)
+    p = torch.softmax(folded @ keys_in.transpose(1, 2), dim=-1)  # [Q,hT,N]
+    mixed = (p @ values_in).unflatten(1, (h, t)).transpose(0, 1).flatten(1, 2)  # [h,QT,C]
+    v = attn.v_proj
+    out = mixed @ v.weight.unflatten(0, (h, -1)).transpose(1, 2) + v.bias.unflatten(0, (h, 1, -1))  # [h,QT,d]
+    return attn.out_proj(out.unflatten(1, (nq, t)).permute(1, 2, 0, 3).flatten(2))
+
+
+def _shared_image_to_token_probs(image_queries: torch.Tensor, token_keys: torch.Tensor) -> torch.Tensor:
+    """Image queries projected once [h,N,d] vs each query's token keys [Q,T,h,d] -> probabilities [Q,N,T*h]."""
+    nq, t, h, _ = token_keys.shape
+    scores = (image_queries @ token_keys.permute(2, 3, 0, 1).flatten(2)).unflatten(2, (nq, t)).permute(2, 1, 3, 0)
+    return torch.softmax(scores, dim=2).flatten(2)
+
+
+def _image_to_token_probs(attn: nn.Module, queries_in: torch.Tensor, token_keys: torch.Tensor) -> torch.Tensor:
+    """Per-query image states [Q,N,C] vs token keys [Q,T,h,d] -> probabilities [Q,N,T*h], the query
+    projection folded into the token keys (softmax over T with h innermost: a vectorised axis)."""
+    nq, t, h, _ = token_keys.shape
+    c = queries_in.shape[-1]
+    wq = attn.q_proj.weight.unflatten(0, (h, -1))  # [h,d,C]
+    folded = (token_keys.permute(2, 0, 1, 3).flatten(1, 2) @ wq).unflatten(1, (nq, t)).permute(1, 2, 0, 3).reshape(nq, t * h, c)
+    bias = (token_keys * attn.q_proj.bias.unflatten(0, (h, -1))).sum(-1).reshape(nq, 1, t * h)
+    scores = torch.baddbmm(bias, queries_in, folded.transpose(1, 2)).unflatten(2, (t, h))
+    return torch.softmax(scores, dim=2).flatten(2)
+
+
+def _image_to_tokens(attn: nn.Module, keys: torch.Tensor, probs: torch.Tensor, values_in: torch.Tensor) -> torch.Tensor:
+    """keys + attention of the image to the tokens [Q,N,C], from probabilities [Q,N,T*h]: the value
+    and output projections are applied to the tokens first (probs @ (V W_o^T)), the output bias
+    shared by the heads (each head's probabilities sum to 1)."""
+    nq, t, c = values_in.shape
+    h = attn.num_heads
+    wo = attn.out_proj.weight.unflatten(1, (h, -1)).transpose(0, 1)  # [h,C,d]
+    mixed = (_by_head(attn.v_proj(values_in), h) @ wo.transpose(1, 2)).unflatten(1, (nq, t)).permute(1, 2, 0, 3)
+    return torch.baddbmm(keys.expand(nq, -1, -1), probs, mixed.reshape(nq, t * h, c) + attn.out_proj.bias / h)
+
+
+def _upscaled_logits(upscaling: nn.Sequential, keys: torch.Tensor, hyper: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Image states [Q,N,C] (channels last) and mask-0 hypernetwork weights [Q,c2] -> logits [Q,1,4H,4W].
+
+    Each 2x2 stride-2 transposed convolution maps one pixel to its 2x2 children: a per-pixel
+    matrix product (output columns ordered (row offset, column offset, channel)); LayerNorm2d
+    is ``layer_norm`` over the channels. Per pixel throughout, so it runs in row blocks.
+    """
+    nq = keys.shape[0]
+    gh, gw = grid
+    rows = max(1, gh // UPSCALE_BLOCKS)
+    blocks = [_upscaled_block(upscaling, block, hyper) for block in keys.split(rows * gw, dim=1)]
+    logits = torch.cat(blocks, dim=1).reshape(nq, gh, gw, 2, 2, 2, 2)  # (y, x, a, b, a2, b2)
+    return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(nq, 1, 4 * gh, 4 * gw)
+
+
+def _upscaled_block(upscaling: nn.Sequential, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    """Pixels [Q,n,C] -> mask-0 logits of their 4x4 children [Q,n*16]."""
+    up1, norm, act1, up2, act2 = upscaling
+    c1, c2 = up1.out_channels, up2.out_channels
+    x = F.linear(keys, up1.weight.permute(2, 3, 1, 0).flatten(0, 2), up1.bias.repeat(4)).unflatten(-1, (4, c1))
+    x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    x = act2(F.linear(x, up2.weight.permute(2, 3, 1, 0).flatten(0, 2), up2.bias.repeat(4)))  # [Q,n,4,4*c2]
+    return (x.reshape(keys.shape[0], -1, c2) @ hyper.unsqueeze(-1)).squeeze(-1)
