@@ -19,6 +19,11 @@ colour to segment. Training runs in two stages so that 2 CPU cores suffice:
    the [SEG] embedding (and of the head's output at every position after the query words) to
    the code of the answer's colour (through the frozen decoder that is the mask loss's only
    lever on the [SEG] embedding). Image tokens fade in from 30% to 60% of the steps.
+   An optional second phase (``kinds_steps``, off by default: it did not lift the other
+   kinds above chance in the CPU budget, see training/reproduce.md) adds queries that need
+   the images (``reasoner_kinds``) with two grounding losses: every image token's head output
+   to the colour code of the object under it, and the [SEG] position's last-layer attention
+   on the answer's tokens.
 
 The stages train disjoint parameters from independent random streams: they run in two
 processes (``workers=2``) with the same result as one after the other.
@@ -70,8 +75,8 @@ class TrainConfig:
     warmup: int = 10
     crop: int = 32  # decoder-stage crop of the 64x64 embedding grid (tokens)
     queries_per_step: int = 4
-    # Second phase of the reasoner stage: the query kinds that need the images (half of each
-    # step's queries stay colour_shape), image tokens in full from the start.
+    # Optional second phase of the reasoner stage (0: off, the committed recipe): query kinds
+    # that need the images (half of each step's queries stay colour_shape), images in full.
     kinds_steps: int = 0
     kinds_lr: float = 1e-3
     reasoner_kinds: tuple[str, ...] = ("colour_shape", "ordering", "position")
