@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/visa-edge demo --out out/demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
