@@ -312,41 +312,41 @@ def _two_way_block(layer: nn.Module, queries, keys, query_pe, key_pe, image: Ima
 
 def _tokens_to_shared_image(attn: nn.Module, q: torch.Tensor, image: ImageSide) -> torch.Tensor:
     """Tokens [Q,T,C] attend to the image, whose keys and values were projected once."""
-    nq, t, _ = q.shape
+    t = q.shape[1]
     h = attn.num_heads
     p = torch.softmax(_by_head(attn.q_proj(q) * _scale(attn), h) @ image.t2i_keys.transpose(1, 2), dim=-1)  # [h,QT,N]
-    return attn.out_proj((p @ image.t2i_values).unflatten(1, (nq, t)).permute(1, 2, 0, 3).flatten(2))
+    return attn.out_proj((p @ image.t2i_values).unflatten(1, (-1, t)).permute(1, 2, 0, 3).flatten(2))
 
 
 def _tokens_to_image(attn: nn.Module, q: torch.Tensor, keys_in: torch.Tensor, values_in: torch.Tensor) -> torch.Tensor:
     """Tokens [Q,T,C] attend to per-query image states [Q,N,C]: the key projection is folded into
     the tokens (scores = keys_in @ (W_k^T q)) and the value projection applied after mixing."""
-    nq, t, c = q.shape
+    t, c = q.shape[1:]
     h = attn.num_heads
     qh = _by_head(attn.q_proj(q) * _scale(attn), h)  # [h,QT,d]
-    folded = (qh @ attn.k_proj.weight.unflatten(0, (h, -1))).unflatten(1, (nq, t)).transpose(0, 1).reshape(nq, h * t, c)
+    folded = (qh @ attn.k_proj.weight.unflatten(0, (h, -1))).unflatten(1, (-1, t)).transpose(0, 1).reshape(-1, h * t, c)
     p = torch.softmax(folded @ keys_in.transpose(1, 2), dim=-1)  # [Q,hT,N]
     mixed = (p @ values_in).unflatten(1, (h, t)).transpose(0, 1).flatten(1, 2)  # [h,QT,C]
     v = attn.v_proj
     out = mixed @ v.weight.unflatten(0, (h, -1)).transpose(1, 2) + v.bias.unflatten(0, (h, 1, -1))  # [h,QT,d]
-    return attn.out_proj(out.unflatten(1, (nq, t)).permute(1, 2, 0, 3).flatten(2))
+    return attn.out_proj(out.unflatten(1, (-1, t)).permute(1, 2, 0, 3).flatten(2))
 
 
 def _shared_image_to_token_probs(image_queries: torch.Tensor, token_keys: torch.Tensor) -> torch.Tensor:
     """Image queries projected once [h,N,d] vs each query's token keys [Q,T,h,d] -> probabilities [Q,N,T*h]."""
-    nq, t, h, _ = token_keys.shape
-    scores = (image_queries @ token_keys.permute(2, 3, 0, 1).flatten(2)).unflatten(2, (nq, t)).permute(2, 1, 3, 0)
+    t = token_keys.shape[1]
+    scores = (image_queries @ token_keys.permute(2, 3, 0, 1).flatten(2)).unflatten(2, (-1, t)).permute(2, 1, 3, 0)
     return torch.softmax(scores, dim=2).flatten(2)
 
 
 def _image_to_token_probs(attn: nn.Module, queries_in: torch.Tensor, token_keys: torch.Tensor) -> torch.Tensor:
     """Per-query image states [Q,N,C] vs token keys [Q,T,h,d] -> probabilities [Q,N,T*h], the query
     projection folded into the token keys (softmax over T with h innermost: a vectorised axis)."""
-    nq, t, h, _ = token_keys.shape
+    t, h = token_keys.shape[1:3]
     c = queries_in.shape[-1]
     wq = attn.q_proj.weight.unflatten(0, (h, -1))  # [h,d,C]
-    folded = (token_keys.permute(2, 0, 1, 3).flatten(1, 2) @ wq).unflatten(1, (nq, t)).permute(1, 2, 0, 3).reshape(nq, t * h, c)
-    bias = (token_keys * attn.q_proj.bias.unflatten(0, (h, -1))).sum(-1).reshape(nq, 1, t * h)
+    folded = (token_keys.permute(2, 0, 1, 3).flatten(1, 2) @ wq).unflatten(1, (-1, t)).permute(1, 2, 0, 3).reshape(-1, t * h, c)
+    bias = (token_keys * attn.q_proj.bias.unflatten(0, (h, -1))).sum(-1).reshape(-1, 1, t * h)
     scores = torch.baddbmm(bias, queries_in, folded.transpose(1, 2)).unflatten(2, (t, h))
     return torch.softmax(scores, dim=2).flatten(2)
 
@@ -355,11 +355,11 @@ def _image_to_tokens(attn: nn.Module, keys: torch.Tensor, probs: torch.Tensor, v
     """keys + attention of the image to the tokens [Q,N,C], from probabilities [Q,N,T*h]: the value
     and output projections are applied to the tokens first (probs @ (V W_o^T)), the output bias
     shared by the heads (each head's probabilities sum to 1)."""
-    nq, t, c = values_in.shape
+    t, c = values_in.shape[1:]
     h = attn.num_heads
     wo = attn.out_proj.weight.unflatten(1, (h, -1)).transpose(0, 1)  # [h,C,d]
-    mixed = (_by_head(attn.v_proj(values_in), h) @ wo.transpose(1, 2)).unflatten(1, (nq, t)).permute(1, 2, 0, 3)
-    return torch.baddbmm(keys.expand(nq, -1, -1), probs, mixed.reshape(nq, t * h, c) + attn.out_proj.bias / h)
+    mixed = (_by_head(attn.v_proj(values_in), h) @ wo.transpose(1, 2)).unflatten(1, (-1, t)).permute(1, 2, 0, 3)
+    return torch.baddbmm(keys.expand(values_in.shape[0], -1, -1), probs, mixed.reshape(-1, t * h, c) + attn.out_proj.bias / h)
 
 
 def _upscaled_logits(upscaling: nn.Sequential, keys: torch.Tensor, hyper: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -369,12 +369,11 @@ def _upscaled_logits(upscaling: nn.Sequential, keys: torch.Tensor, hyper: torch.
     matrix product (output columns ordered (row offset, column offset, channel)); LayerNorm2d
     is ``layer_norm`` over the channels. Per pixel throughout, so it runs in row blocks.
     """
-    nq = keys.shape[0]
     gh, gw = grid
     rows = max(1, gh // UPSCALE_BLOCKS)
     blocks = [_upscaled_block(upscaling, block, hyper) for block in keys.split(rows * gw, dim=1)]
-    logits = torch.cat(blocks, dim=1).reshape(nq, gh, gw, 2, 2, 2, 2)  # (y, x, a, b, a2, b2)
-    return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(nq, 1, 4 * gh, 4 * gw)
+    logits = torch.cat(blocks, dim=1).reshape(-1, gh, gw, 2, 2, 2, 2)  # (y, x, a, b, a2, b2)
+    return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 1, 4 * gh, 4 * gw)
 
 
 def _upscaled_block(upscaling: nn.Sequential, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
@@ -384,4 +383,4 @@ def _upscaled_block(upscaling: nn.Sequential, keys: torch.Tensor, hyper: torch.T
     x = F.linear(keys, up1.weight.permute(2, 3, 1, 0).flatten(0, 2), up1.bias.repeat(4)).unflatten(-1, (4, c1))
     x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
     x = act2(F.linear(x, up2.weight.permute(2, 3, 1, 0).flatten(0, 2), up2.bias.repeat(4)))  # [Q,n,4,4*c2]
-    return (x.reshape(keys.shape[0], -1, c2) @ hyper.unsqueeze(-1)).squeeze(-1)
+    return (x.unflatten(-1, (4, c2)).flatten(1, 3) @ hyper.unsqueeze(-1)).squeeze(-1)
