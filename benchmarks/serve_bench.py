@@ -105,6 +105,42 @@ def _added_latency(url: str, token: str, checkpoint, steps: int) -> dict:
             "added_ms_p50": 1000 * statistics.median(overhead)}
 
 
+def _stage_scaling(checkpoint, sizes: list[int], repeats: int) -> list[dict]:
+    """Where a step's time goes and what batching saves, in this process: per stage, ms per window for B
+    one-window steps vs one ``ReasoningStep.batch`` of the same B windows (cached tokens), alternating;
+    medians over ``repeats``. ``cpu`` is this process's CPU time (less sensitive than wall time to other
+    jobs on a shared machine)."""
+    from visa_edge.runtime.model import VisaModel
+    from visa_edge.runtime.reasoning import ReasoningStep, Window
+
+    step = ReasoningStep(VisaModel.from_pretrained(checkpoint.checkpoint, clip=checkpoint.clip))
+    windows = []
+    for s in range(max(sizes)):
+        frames = [f.image for f in _windows(s, 1)[0]]
+        windows.append(Window(frames, QUERY, step.visual_tokens(frames)))
+    step.batch(windows[:1])  # warm-up
+    out = []
+    for b in sizes:
+        runs: dict[str, list[dict[str, float]]] = {"single": [], "batched": []}
+        for rep in range(repeats):
+            for mode in (("single", "batched") if rep % 2 == 0 else ("batched", "single")):
+                totals: dict[str, float] = {}
+                t0, c0 = time.perf_counter(), time.process_time()
+                results = [step.batch([w])[0] for w in windows[:b]] if mode == "single" else step.batch(windows[:b])[:1]
+                totals["wall"], totals["cpu"] = time.perf_counter() - t0, time.process_time() - c0
+                for r in results:
+                    for k, v in r.timings.items():
+                        totals[k] = totals.get(k, 0.0) + v
+                runs[mode].append({k: 1000 * v / b for k, v in totals.items()})
+        med = {mode: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for mode, rs in runs.items()}
+        out.append({"windows": b, "ms_per_window": med,
+                    "wall_ratio_single_over_batched": med["single"]["wall"] / med["batched"]["wall"],
+                    "cpu_ratio_single_over_batched": med["single"]["cpu"] / med["batched"]["cpu"]})
+        print(f"stages B={b}: " + ", ".join(f"{k} {med['single'][k]:.0f}/{med['batched'][k]:.0f}" for k in med["single"])
+              + " ms per window (single/batched)", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
@@ -119,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4, help="steps per stream (default 4)")
     p.add_argument("--repeats", type=int, default=2, help="rounds over every stream count and mode (default 2)")
     p.add_argument("--threads", type=int, default=2, help="torch threads, locally and in the replicas (default 2)")
+    p.add_argument("--stage-batches", default="1,2,4", help="batch sizes of the in-process stage breakdown (default 1,2,4)")
     args = p.parse_args(argv)
     counts = [int(n) for n in args.streams.split(",")]
     out = Path(args.out)
@@ -131,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     urls = {mode: f"http://127.0.0.1:{port}/{mode}" for mode in MODES}
     # the same torch thread count on both sides (Ray sets OMP_NUM_THREADS=1 in a replica otherwise)
     torch.set_num_threads(args.threads)
+    stages = _stage_scaling(ckpt, [int(b) for b in args.stage_batches.split(",")], args.repeats)
     base = ServeOptions(checkpoint=str(ckpt.checkpoint), clip=str(ckpt.clip), token=token, cpus_per_replica=0,
                         torch_threads=args.threads)
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
@@ -165,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                      "repeats": args.repeats, "modes": MODES,
                      "model": "tiny checkpoint (runtime/tiny.py), CPU, one replica per mode"},
         "added_latency": added,
+        "stage_scaling": stages,
         "bytes_per_step": {"with_cache": with_cache[0] if with_cache else None, "without_cache": no_cache["bytes_per_step"]},
         "summary": _summary(rows, counts),
         "rows": rows,
@@ -207,6 +246,13 @@ def _table(result: dict) -> str:
                  f"{a['server_step_ms_p50']:.0f} ms, added {a['added_ms_p50']:.0f} ms; local step (alternating) "
                  f"{a['local_ms_p50']:.0f} ms; bytes/step with cache {bytes_['with_cache']:.0f}, "
                  f"without {bytes_['without_cache']:.0f} ({bytes_['without_cache'] / bytes_['with_cache']:.1f}x)")
+    lines += ["", "| windows B | stage: ms per window, B single steps / one batch of B | wall ratio single/batched | "
+              "CPU-time ratio single/batched |", "|---|---|---|---|"]
+    for e in result["stage_scaling"]:
+        single, batched = e["ms_per_window"]["single"], e["ms_per_window"]["batched"]
+        stages = ", ".join(f"{k} {single[k]:.0f}/{batched[k]:.0f}" for k in single if k not in ("wall", "cpu"))
+        lines.append(f"| {e['windows']} | {stages} | {e['wall_ratio_single_over_batched']:.2f} | "
+                     f"{e['cpu_ratio_single_over_batched']:.2f} |")
     return "\n".join(lines)
 
 
