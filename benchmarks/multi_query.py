@@ -2,7 +2,8 @@
 
 The multi-query step prefills the shared prompt prefix (system text and every image) once, runs
 the per-query suffixes against its KV cache, the SAM encoder once and the mask decoder on all
-[SEG] embeddings together; the baseline runs the single-query step once per query. Each round
+[SEG] embeddings together; the baseline runs the single-query step once per query. The mask
+decoder is also timed alone against SAM's own ``MaskDecoder`` on the same inputs. Each round
 runs the multi-query step for every count and the single-query step for every query, in an
 order that changes per round (``timing.measure_interleaved``); the baseline for Q queries is the
 sum of that round's single-query steps on the first Q queries. Ratios are taken within the
@@ -133,6 +134,11 @@ def run_multi_query(
         cpu.clear()
         log(f"timing {len(runners)} runners in interleaved rounds")
         samples = measure_interleaved(runners, settings.repeat, synchronizer(device))
+        log("timing the mask decoder alone against SAM's own decoder")
+        decoders = decoder_runners(model, device, settings.query_counts)
+        for fn in decoders.values():
+            fn()
+        decoder_samples = measure_interleaved(decoders, settings.repeat, synchronizer(device))
     finally:
         torch.set_flush_denormal(False)
     return {
@@ -155,6 +161,8 @@ def run_multi_query(
         "rows": rows(samples, timings, settings.query_counts),
         "samples_s": samples,
         "cpu_rows": rows(cpu, timings, settings.query_counts),
+        "decoder_rows": decoder_rows(decoder_samples, settings.query_counts),
+        "decoder_samples_s": decoder_samples,
         "targets": {str(q): t for q, t in TARGETS.items()},
         "load_average_end": system.load_average(),
         "total_s": round(time.perf_counter() - start, 1),
@@ -197,6 +205,43 @@ def runners_for(
 
     out = {f"shared/{q}": shared(q) for q in counts}
     out.update({f"single/{i}": single(i) for i in range(2, max(counts) + 1)})
+    return out
+
+
+def decoder_runners(model: VisaModel, device: torch.device, counts: Sequence[int]) -> dict[str, Callable[[], object]]:
+    """``decoder/Q``: the deployed mask decoder (``SegMaskDecoder``) on Q [SEG] embeddings;
+    ``sam/Q``: SAM's own ``MaskDecoder`` as VISA calls it (``repeat_interleave`` of the image per
+    prompt, ``multimask_output=False``) on the same inputs; one image embedding."""
+    gen = torch.Generator().manual_seed(1)
+    emb = torch.randn(1, 256, 64, 64, generator=gen).to(device)
+    segs = {q: (0.3 * torch.randn(q, 256, generator=gen)).to(device) for q in counts}
+    dec = model.mask_decoder_net()
+
+    def ours(q: int) -> Callable[[], object]:
+        return lambda: torch_inference(dec, emb, segs[q])
+
+    def sams(q: int) -> Callable[[], object]:
+        return lambda: torch_inference(model.sam["mask_decoder"], emb, dec.image_pe, segs[q][:, None], dec.dense, multimask_output=False)
+
+    return {**{f"decoder/{q}": ours(q) for q in counts}, **{f"sam/{q}": sams(q) for q in counts}}
+
+
+def torch_inference(fn: Callable[..., object], *args, **kwargs) -> object:
+    with torch.inference_mode():
+        return fn(*args, **kwargs)
+
+
+def decoder_rows(samples: dict[str, list[float]], counts: Sequence[int]) -> list[dict]:
+    """Per query count: p50 of both decoders, each one's ratio to its own one-query call, and the speed-up."""
+    one = {k: summarize(samples[f"{k}/1"])["p50"] for k in ("decoder", "sam")}
+    out = []
+    for q in counts:
+        ours, sams = summarize(samples[f"decoder/{q}"]), summarize(samples[f"sam/{q}"])
+        out.append({
+            "queries": q, "decoder_ms": ours, "sam_ms": sams,
+            "decoder_vs_one_query": ours["p50"] / one["decoder"], "sam_vs_one_query": sams["p50"] / one["sam"],
+            "speedup_vs_sam": sams["p50"] / ours["p50"],
+        })
     return out
 
 
@@ -301,6 +346,12 @@ def markdown(result: dict) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {r['queries']} | {r['shared_ms']['p50']:.0f} | {r['separate_ms']['p50']:.0f} "
                   f"| **x{r['shared_vs_mean_single_step']:.2f}** | x{r['speedup_vs_separate']:.2f} |" for r in result["cpu_rows"]]
+    if result.get("decoder_rows"):
+        lines += ["", "Mask decoder alone (ms p50, same rounds), vs SAM's own decoder as VISA calls it:", "",
+                  "| queries | decoder | SAM's decoder | decoder / its one-query call | SAM's / its one-query call | speed-up |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['queries']} | {r['decoder_ms']['p50']:.1f} | {r['sam_ms']['p50']:.1f} | x{r['decoder_vs_one_query']:.2f} "
+                  f"| x{r['sam_vs_one_query']:.2f} | x{r['speedup_vs_sam']:.2f} |" for r in result["decoder_rows"]]
     return "\n".join(lines) + "\n"
 
 

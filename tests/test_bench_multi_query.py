@@ -75,6 +75,20 @@ def test_cpu_time_is_recorded_per_call_and_tabled():
     assert "| 4 | 1500 | 4200 | **x1.43** | x2.80 |" in mq.markdown(result)
 
 
+def test_decoder_rows_compare_with_sams_decoder():
+    samples = {"decoder/1": [0.010, 0.012], "decoder/8": [0.040, 0.044], "sam/1": [0.020, 0.020], "sam/8": [0.200, 0.240]}
+    rows = {r["queries"]: r for r in mq.decoder_rows(samples, (1, 8))}
+    assert rows[8]["decoder_vs_one_query"] == pytest.approx(42 / 11) and rows[8]["sam_vs_one_query"] == pytest.approx(11.0)
+    assert rows[8]["speedup_vs_sam"] == pytest.approx(220 / 42) and rows[1]["speedup_vs_sam"] == pytest.approx(20 / 11)
+    result = {
+        "machine": {"cpu": "test CPU", "cores": 2, "load_average": None}, "device": {"type": "cpu"}, "load_average_end": None,
+        "model": {"llm": "LLaMA", "sam": "SAM", "prefill_positions": 1458, "note": "random"},
+        "agreement": {"queries": 4, "seg_hidden_max_abs": 0.0, "logits_max_abs": 0.0, "mask_pixels_differing": 0},
+        "rows": mq.rows(SAMPLES, TIMINGS, (1, 2, 4)), "decoder_rows": list(rows.values()),
+    }
+    assert "| 8 | 42.0 | 220.0 | x3.82 | x11.00 | x5.24 |" in mq.markdown(result)
+
+
 def test_presets_and_overrides():
     full = mq.settings_for(False)
     assert full.query_counts == (1, 2, 4, 8) and full.frames == 12 and full.spec.hidden_size == 512
