@@ -114,6 +114,7 @@ def _stage_scaling(checkpoint, sizes: list[int], repeats: int) -> list[dict]:
     from visa_edge.runtime.reasoning import ReasoningStep, Window
 
     step = ReasoningStep(VisaModel.from_pretrained(checkpoint.checkpoint, clip=checkpoint.clip))
+    step.batch_sam_encoder = True  # measure what batching the encoder too saves here (the server skips it on a CPU)
     windows = []
     for s in range(max(sizes)):
         frames = [f.image for f in _windows(s, 1)[0]]

@@ -4,7 +4,7 @@ CLIP+clustering tokens per frame -> LLaMA prefill -> [SEG] state per query -> ``
 -> SAM encoder on the target (once) -> [SEG]-prompted mask decoder (all queries in one call)
 -> logits at frame size. Several queries share the prefill of the system text and images
 (``llm.query_seg_states``). Windows of several streams run together with
-``ReasoningStep.batch`` (one padded prefill, one SAM encoder call where the engine batches).
+``ReasoningStep.batch`` (one padded prefill, one SAM encoder call on a GPU where the engine batches).
 The heavy networks run behind ``Engine``s, so the same step runs on PyTorch, ONNX Runtime or
 TensorRT.
 """
@@ -115,6 +115,9 @@ class ReasoningStep:
         self.engines = {**torch_engines(model), **given}
         self.device = model.device
         self.dtype = model.mm_projector.weight.dtype
+        # ``batch`` runs the SAM encoder on all targets in one call off the CPU only: on a CPU it saves
+        # no time (compute-bound; benchmarks/RESULTS.md) and holds every image's global attention at once.
+        self.batch_sam_encoder = self.device.type != "cpu"
 
     def clip_pixels(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         return torch.stack([self.model.clip_preprocess(f) for f in frames]).to(self.device, self.dtype)
@@ -146,8 +149,8 @@ class ReasoningStep:
         batching its queries as rows would prefill its images once per query). The [SEG] head
         runs per window (a tiny MLP; batching its rows would change their float summation
         order for nothing); the SAM encoder runs once on every target where its engine
-        takes a batch (PyTorch), else once per target (the exported encoders have a static batch
-        of 1); the mask decoder runs per window (its engines take one image). A single window runs
+        takes a batch (PyTorch) and ``batch_sam_encoder`` is set (the default off the CPU), else
+        once per target (the exported encoders have a static batch of 1); the mask decoder runs per window (its engines take one image). A single window runs
         exactly the one-window step. Any bad window raises for the whole batch (callers wanting
         per-window isolation retry the windows one by one). Every result's ``timings`` are the
         batch's stage times: each window waited for all of them.
@@ -231,7 +234,7 @@ class ReasoningStep:
         engine = self.engines["sam_encoder"]
         pre = [sam.preprocess(t) for t in targets]
         images = torch.stack([image for image, _ in pre]).to(self.device, self.dtype)
-        if engine.backend == "torch":
+        if engine.backend == "torch" and self.batch_sam_encoder:
             embeddings = list(engine.run({"image": images})["image_embeddings"].split(1))
         else:
             embeddings = [engine.run({"image": image[None]})["image_embeddings"] for image in images]

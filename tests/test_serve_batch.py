@@ -83,9 +83,15 @@ def test_batched_prefill_equals_one_prefill_per_window(model, windows):
 
 
 def test_batch_equals_one_step_per_window(step, windows, per_window):
-    """Each window's result from one batched call equals its own step: identical masks, [SEG] states, embeddings
-    and mask logits within 1e-4 (measured: states <= 1.4e-6, embeddings <= 5e-7, logits <= 2e-7); every result carries the batch's stage times."""
-    batched = step.batch(windows)
+    """Each window's result from one batched call, with the SAM encoder batched as off the CPU, equals its own
+    step: identical masks, [SEG] states, embeddings and mask logits within 1e-4 (measured: states <= 1.4e-6,
+    embeddings <= 5e-7, logits <= 2e-7); every result carries the batch's stage times."""
+    assert not step.batch_sam_encoder  # the CPU default: one encoder call per target
+    step.batch_sam_encoder = True
+    try:
+        batched = step.batch(windows)
+    finally:
+        step.batch_sam_encoder = False
     assert len(batched) == len(windows)
     for got, want in zip(batched, per_window):
         assert got.queries == want.queries and got.masks.shape == want.masks.shape
