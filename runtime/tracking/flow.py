@@ -99,30 +99,6 @@ class _Memory:
     planes: np.ndarray  # float32 0/1 [h,w,K], one plane per object
 
 
-AREA_RATE = 0.2  # an object's usual area follows its tracked area at this rate per frame (scale changes)
-
-
-@dataclass
-class _Track:
-    """An object's motion state for re-detection, in working pixels: (y, x) centre and velocity
-    per frame, box extent (h, w) and usual area while tracked; frames lost since."""
-
-    centre: np.ndarray
-    velocity: np.ndarray
-    extent: np.ndarray
-    area: float
-    lost: int = 0
-
-    @classmethod
-    def of(cls, mask: np.ndarray) -> _Track:
-        """The state of an object standing still with this mask (area 0: nothing to track)."""
-        ys, xs = np.nonzero(mask)
-        if ys.size == 0:
-            return cls(np.zeros(2), np.zeros(2), np.zeros(2), 0.0)
-        extent = np.array([ys.max() - ys.min() + 1, xs.max() - xs.min() + 1], float)
-        return cls(np.array([ys.mean(), xs.mean()]), np.zeros(2), extent, float(ys.size))
-
-
 def _blur_axis(a: np.ndarray, axis: int, out: np.ndarray) -> None:
     """Unnormalised [1, 2, 1] blur of ``a`` along ``axis`` into ``out`` (zero outside): spreads
     votes to neighbour cells."""
@@ -140,7 +116,6 @@ class _Voter:
 
     lab: np.ndarray
     planes: np.ndarray
-    weight: float = 1.0  # each of its votes counts this much
 
 
 class _LabGrid:
@@ -181,12 +156,11 @@ class _LabGrid:
         k = voters[0].planes.shape[2]
         spatial = self.spatial[::stride, ::stride]
         idx = np.concatenate([self.index(v.lab[::stride, ::stride], spatial) for v in voters])
-        labels = np.concatenate([v.planes[::stride, ::stride].reshape(-1, k) * v.weight for v in voters])
-        weights = np.repeat(np.asarray([v.weight for v in voters], np.float32), spatial.size)
+        labels = np.concatenate([v.planes[::stride, ::stride].reshape(-1, k) for v in voters])
         g = np.empty((*self.shape, k + 1), np.float32)
         for c in range(k):
             g[..., c] = np.bincount(idx, labels[:, c], self.size).reshape(self.shape)
-        g[..., k] = np.bincount(idx, weights, self.size).reshape(self.shape)
+        g[..., k] = np.bincount(idx, None, self.size).reshape(self.shape)
         spare = np.empty_like(g)
         for axis in range(5):
             _blur_axis(g, axis, spare)
@@ -210,12 +184,6 @@ def _warp(source: _Memory, flow: np.ndarray, identity: np.ndarray) -> _Voter:
     lab = cv2.remap(source.lab, sample, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     planes = cv2.remap(source.planes, sample, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return _Voter(lab, planes.reshape(source.planes.shape))
-
-
-def _agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two [h,w,K] label stacks over all objects (1 when both are empty)."""
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
 
 
 class FlowTracker(Tracker):
@@ -245,7 +213,7 @@ class FlowTracker(Tracker):
         self._since_reference = 0
         self._empty = False
         self._colour: np.ndarray | None = None  # [K, colour cells] reference colour model per object
-        self._tracks: list[_Track] = []  # per object: where it is, how it moves, its usual size
+        self._reference_areas: np.ndarray | None = None  # [K] object areas in the reference, working px
 
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None, *, objects: Sequence[int] | None = None,
              index: int | None = None) -> TrackOutput:
@@ -383,7 +351,7 @@ class FlowTracker(Tracker):
         self._since_reference = 0
         self._empty = not memory.planes.any()
         self._colour = self._colour_models(memory.lab, memory.planes)
-        self._tracks = [_Track.of(memory.planes[..., o]) for o in range(len(self._objects))]
+        self._reference_areas = memory.planes.sum(axis=(0, 1))
         probs = np.stack([(mask == o).astype(np.float32) for o in self._objects])
         return probs, [1.0 if p.any() else 0.0 for p in probs]
 
@@ -399,8 +367,6 @@ class FlowTracker(Tracker):
             self._identity = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=2)
         voters = [_warp(m, f, self._identity) for m, f in zip(self._sources(), flows)]
         motion_only = voters[0].planes > 0.5  # the previous frame's labels moved by flow alone
-        for v in voters[1:]:
-            v.weight = _agreement(v.planes > 0.5, motion_only)
         candidates = np.any([v.planes > 0.5 for v in voters], axis=(0, 3))
         lab = features.lab.astype(np.float32)
         probs = np.zeros((h, w, k), np.float32)
@@ -408,14 +374,13 @@ class FlowTracker(Tracker):
             cfg = self.config
             region = _box(candidates, cfg.roi_margin, int(np.ceil(cfg.cell_px)))
             grid = _LabGrid(lab[region], cfg.cell_px, cfg.cell_lab, cfg.max_cells)
-            votes, total = grid.vote([_Voter(v.lab[region], v.planes[region], v.weight) for v in voters], cfg.vote_stride)
+            votes, total = grid.vote([_Voter(v.lab[region], v.planes[region]) for v in voters], cfg.vote_stride)
             fallback = np.mean([v.planes[region] for v in voters], axis=0)
             probs[region] = np.where(total[..., None] > 0, votes / np.maximum(total, 1e-12)[..., None], fallback)
         labels = np.concatenate([1.0 - probs.sum(2, keepdims=True), probs], 2).argmax(2)
         planes = np.stack([labels == o + 1 for o in range(k)], axis=2)
         if self.config.redetect_below > 0:
             self._redetect(lab, probs, planes)
-            self._update_tracks(planes)
         confidences = [self._confidence(probs[..., o], planes[..., o], motion_only[..., o]) for o in range(k)]
         self._remember(index, _Memory(features.grey, lab, planes.astype(np.float32)))
         full = np.stack([cv2.resize(probs[..., o], self._size[::-1], interpolation=cv2.INTER_LINEAR) for o in range(k)])
@@ -432,55 +397,35 @@ class FlowTracker(Tracker):
         return (q[:, 0] * n[1] + q[:, 1]) * n[2] + q[:, 2]
 
     def _colour_models(self, lab: np.ndarray, planes: np.ndarray) -> np.ndarray:
-        """[K, cells] per object: how much likelier each colour is on the object than on the
-        background around it in the reference (its box grown by ``search_margin``), as
-        p = f_obj / (f_obj + f_bg) with f the colour's frequency in each (equal priors, so a small
-        object is found as readily as a large one; one background pixel added per colour)."""
+        """[K, cells] fraction of the reference's pixels of each colour that belong to each object."""
+        idx = self._colour_index(lab)
         size = int(np.prod(self._colour_cells()))
-        models = np.zeros((planes.shape[2], size), np.float32)
-        for o in range(planes.shape[2]):
-            mask = planes[..., o] > 0.5
-            if not mask.any():
-                continue
-            box = _box(mask, self.config.search_margin, 0)
-            idx = self._colour_index(lab[box])
-            inside = mask[box].ravel()
-            f_obj = np.bincount(idx[inside], minlength=size) / inside.sum()
-            f_bg = (np.bincount(idx[~inside], minlength=size) + 1.0) / max((~inside).sum(), 1)
-            models[o] = f_obj / (f_obj + f_bg)
-        return models
+        total = np.bincount(idx, minlength=size).astype(np.float32)
+        return np.stack([np.bincount(idx, planes[..., o].ravel(), size) / (total + 1.0) for o in range(planes.shape[2])])
 
     def _redetect(self, lab: np.ndarray, probs: np.ndarray, planes: np.ndarray) -> None:
-        """Objects whose mask collapsed are looked for by their reference colours where their
-        motion predicts them (a window that grows with every frame they stay lost)."""
+        """Objects whose mask collapsed are looked for by their reference colours near their last position."""
         idx = None
-        h, w = planes.shape[:2]
-        for o, track in enumerate(self._tracks):
-            if track.area == 0 or planes[..., o].sum() >= self.config.redetect_below * track.area:
+        for o in range(planes.shape[2]):
+            area = self._reference_areas[o]
+            if area == 0 or planes[..., o].sum() >= self.config.redetect_below * area:
                 continue
-            centre = track.centre + track.velocity * (track.lost + 1)  # (y, x) predicted
-            half = (0.5 + self.config.search_margin) * track.extent * (track.lost + 1)
-            y0, x0 = np.maximum(np.floor(centre - half), 0).astype(int)
-            y1, x1 = np.minimum(np.ceil(centre + half) + 1, (h, w)).astype(int)
-            if y0 >= y1 or x0 >= x1:
-                continue
-            window = np.zeros((h, w), bool)
-            window[y0:y1, x0:x1] = True
+            last = self._previous.planes[..., o] > 0.5
+            window = np.zeros(planes.shape[:2], bool)
+            window[_box(last if last.any() else self._reference.planes[..., o] > 0.5, self.config.search_margin, 0)] = True
             idx = self._colour_index(lab) if idx is None else idx
-            p = self._colour[o][idx].reshape(h, w)
+            p = self._colour[o][idx].reshape(planes.shape[:2])
             free = ~np.any(np.delete(planes, o, axis=2), axis=2)
             found = ((p > 0.5) & window & free).astype(np.uint8)
             _, comp, stats, centroids = cv2.connectedComponentsWithStats(found, connectivity=8)
             areas = stats[1:, cv2.CC_STAT_AREA]
-            plausible = np.flatnonzero((areas >= 0.5 * track.area) & (areas <= 2.0 * track.area))  # about its size
+            plausible = np.flatnonzero((areas >= 0.5 * area) & (areas <= 2.0 * area))  # about the object's size
             if plausible.size == 0:
                 continue
-            best = 1 + plausible[np.argmin(np.sum((centroids[1 + plausible, ::-1] - centre) ** 2, axis=1))]
+            centre = np.argwhere(window).mean(0)[::-1]  # (x, y) of the search window
+            best = 1 + plausible[np.argmin(np.sum((centroids[1 + plausible] - centre) ** 2, axis=1))]
             region = comp == best
-            _, joined = cv2.connectedComponents((planes[..., o] | region).astype(np.uint8), connectivity=8)
-            stale = planes[..., o] & ~np.isin(joined, np.unique(joined[region]))
-            planes[..., o] = (planes[..., o] & ~stale) | region  # labels the flow left behind, apart from it, go
-            probs[stale, o] = np.minimum(probs[stale, o], 0.5 - 1e-3)
+            planes[..., o] |= region
             found_probs = probs[region]  # [n, K]
             found_probs[:, o] = np.maximum(found_probs[:, o], p[region])
             others = found_probs.sum(1) - found_probs[:, o]
@@ -489,23 +434,6 @@ class FlowTracker(Tracker):
             found_probs *= scale[:, None]
             found_probs[:, o] = keep
             probs[region] = found_probs  # the objects still share each pixel's probability
-
-    def _update_tracks(self, planes: np.ndarray) -> None:
-        """Each object's last position, velocity, size and box extent while it is tracked; frames
-        lost otherwise (its mask below ``redetect_below`` of its usual area)."""
-        for o, track in enumerate(self._tracks):
-            mask = planes[..., o]
-            area = float(np.count_nonzero(mask))
-            if track.area == 0 or area < self.config.redetect_below * track.area:
-                track.lost += 1
-                continue
-            ys, xs = np.nonzero(mask)
-            centre = np.array([ys.mean(), xs.mean()])
-            track.velocity = (centre - track.centre) / (track.lost + 1)
-            track.centre = centre
-            track.extent = np.array([ys.max() - ys.min() + 1, xs.max() - xs.min() + 1], float)
-            track.area += AREA_RATE * (area - track.area)
-            track.lost = 0
 
     def _sources(self) -> list[_Memory]:
         """Previous frame first (the confidence compares with it), then the reference and the memory."""
