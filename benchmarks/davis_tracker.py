@@ -7,8 +7,12 @@ keeps every 3rd frame: 3x faster motion, the fast-motion check. The tracker's de
 chosen on ``TUNED`` only; ``HELD_OUT`` sequences are reported separately. ``--catch-up`` also
 re-steps each sequence with a second tracker of the same factory (as the streaming runtime's
 catch-up does) and reports its time against live stepping and whether its masks are equal.
+``--procedural`` also scores synthetic stress clips (:func:`procedural_clip`: fast motion up to
+twice the object's size per frame, scale change, deformation, each also with look-alike discs in
+the background): tuning data that can be generated freely, never a substitute for held-out video.
 
-    python -m visa_edge.benchmarks.davis_tracker [--davis DIR] [--threads 2] [--stride 3] [--catch-up] [--json OUT]
+    python -m visa_edge.benchmarks.davis_tracker [--davis DIR] [--threads 2] [--stride 3] [--catch-up]
+        [--procedural] [--json OUT]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from visa_edge.runtime.io import read_mask, read_rgb
 from visa_edge.runtime.tracking.base import Tracker
 from visa_edge.runtime.tracking.cache import FeatureCache
 from visa_edge.runtime.tracking.flow import FlowTracker, FlowTrackerConfig
-from visa_edge.runtime.vos_metrics import BenchmarkScore, SequenceScore, score_sequence
+from visa_edge.runtime.vos_metrics import BenchmarkScore, SequenceScore, jaccard, score_sequence
 
 DEFAULT_DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis2016"
 TUNED = ("blackswan", "car-shadow", "dog")  # the only sequences the defaults were chosen on
@@ -114,6 +118,74 @@ def catch_up(frames: list[np.ndarray], first_mask: np.ndarray, config: FlowTrack
     return CatchUpRun(timings[0], timings[1], cache.hits - hits, equal)
 
 
+PROCEDURAL = (("fast", 16), ("fast", 32), ("fast", 48), ("bounce", 30), ("scale", 20), ("deform", 28))
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, sigma: float, lo, hi) -> np.ndarray:
+    t = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), sigma)
+    t = (t - t.min()) / (t.max() - t.min())
+    return (np.asarray(lo) + t * (np.asarray(hi) - np.asarray(lo))).astype(np.uint8)
+
+
+def procedural_clip(kind: str, speed: int, look_alikes: bool = False, n: int = 16, h: int = 240, w: int = 427,
+                    seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A reddish textured disc over green texture panning 3 px/frame left; (RGB frames, 0/1 masks).
+
+    ``fast``: ``speed`` px/frame right with a y jitter; ``bounce``: back and forth across the
+    frame; ``scale``: half the speed, radius 15 + 3 px per frame (approaching); ``deform``: an
+    ellipse turning 30 degrees and changing its axes every frame. ``look_alikes``: three static
+    discs of the object's colours in the background from the first frame on.
+    """
+    if kind not in {k for k, _ in PROCEDURAL}:
+        raise ValueError(f"procedural_clip: kind {kind!r}; expected one of {sorted({k for k, _ in PROCEDURAL})}")
+    rng = np.random.default_rng(seed)
+    background = _texture(rng, h, w, 4, (40, 90, 40), (140, 200, 120))
+    foreground = _texture(rng, h, w, 2, (170, 40, 40), (250, 120, 90))
+    alike = np.zeros((h, w), bool)
+    if look_alikes:
+        place = np.random.default_rng(seed + 1)
+        others = np.zeros((h, w), np.uint8)
+        for _ in range(3):
+            centre = (int(place.integers(30, w - 30)), int(place.integers(30, h - 30)))
+            cv2.circle(others, centre, int(place.integers(12, 22)), 1, -1)
+        alike = others > 0
+    frames, masks = [], []
+    for i in range(n):
+        x, y, r = 40 + speed * i, 120 + (speed // 3) * (i % 3), 25
+        if kind == "bounce":
+            p = (40 + speed * i) % (2 * (w - 80))
+            x, y = 40 + (p if p < w - 80 else 2 * (w - 80) - p), 120 + 30 * np.sin(i)
+        elif kind == "scale":
+            x, y, r = 60 + speed * i // 2, 120, 15 + 3 * i
+        m = np.zeros((h, w), np.uint8)
+        if kind == "deform":
+            axes = (int(25 + 12 * np.sin(i)), int(25 - 12 * np.sin(i)))
+            cv2.ellipse(m, (int(x), 120), axes, 30 * i, 0, 360, 1, -1)
+        else:
+            cv2.circle(m, (int(x), int(y)), r, 1, -1)
+        f = np.roll(background, -3 * i, axis=1)
+        f[alike] = foreground[alike]
+        f[m > 0] = np.roll(foreground, int(x) - 40, axis=1)[m > 0]  # the object's texture moves with it
+        frames.append(f)
+        masks.append(m)
+    return frames, masks
+
+
+def run_procedural(config: FlowTrackerConfig | None = None, look_alikes: bool = False) -> dict[str, float]:
+    """Mean J over frames 1..N-1 of each procedural clip (a frame where both masks are empty scores 1)."""
+    means = {}
+    for kind, speed in PROCEDURAL:
+        frames, masks = procedural_clip(kind, speed, look_alikes)
+        tracker = FlowTracker(config)
+        tracker.step(frames[0], masks[0])
+        scores = []
+        for frame, mask in zip(frames[1:], masks[1:]):
+            pred = tracker.step(frame).mask
+            scores.append(1.0 if not mask.any() and not pred.any() else jaccard(pred, mask))
+        means[f"{kind} {speed}"] = float(np.mean(scores))
+    return means
+
+
 def group_means(runs: list[SequenceRun]) -> dict[str, float]:
     """Mean J&F over the tuned and the held-out sequences present in ``runs``."""
     means = {}
@@ -146,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-frames", type=int, help="track only the first N frames of each sequence")
     p.add_argument("--stride", type=int, default=1, help="keep every N-th frame (N x faster motion; default 1)")
     p.add_argument("--catch-up", action="store_true", help="also time a catch-up tracker re-stepping from cached features")
+    p.add_argument("--procedural", action="store_true",
+                   help="also score the procedural stress clips (fast motion, scale, deformation; with look-alikes)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     if args.threads:
@@ -166,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             catch_ups[r.score.name] = asdict(c)
             print(f"catch-up {r.score.name}: {c.catch_up_seconds / c.live_seconds:.2f} x live time, "
                   f"{c.cache_hits} cache hits, masks equal: {c.equal}")
+    procedural = {}
+    if args.procedural:
+        procedural = {"plain": run_procedural(config), "look_alikes": run_procedural(config, look_alikes=True)}
+        print("procedural clips, mean J:  " + "  ".join(procedural["plain"]))
+        for name, means in procedural.items():
+            print(f"  {name:>11}: " + "  ".join(f"{v:.2f}" for v in means.values()) + f"  mean {np.mean(list(means.values())):.3f}")
     print(f"speed: {frames / seconds:.1f} fps ({frames} frames, {seconds:.1f} s in Tracker.step; "
           f"{before['cpu']}, {before['cores']} cores, OpenCV threads {before['opencv_threads']}, "
           f"load average at start {before['load_average']})")
@@ -174,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             "tracker": "flow", "config": asdict(config), "data": str(args.davis),
             "protocol": "first-frame annotation given; frames 1..N-1 scored",
             "stride": args.stride, "tuned_on": list(TUNED), "held_out": list(HELD_OUT),
-            "scores": score.to_dict(), "group_means": groups, "catch_up": catch_ups,
+            "scores": score.to_dict(), "group_means": groups, "catch_up": catch_ups, "procedural": procedural,
             "speed": {"fps": frames / seconds, "frames": frames, "seconds": seconds,
                       "per_sequence_fps": {r.score.name: r.tracked_frames / r.seconds for r in runs}},
             "machine": {**before, "load_average_end": machine()["load_average"]},
