@@ -369,18 +369,15 @@ def _upscaled_logits(upscaling: nn.Sequential, keys: torch.Tensor, hyper: torch.
     matrix product (output columns ordered (row offset, column offset, channel)); LayerNorm2d
     is ``layer_norm`` over the channels. Per pixel throughout, so it runs in row blocks.
     """
-    gh, gw = grid
-    rows = max(1, gh // UPSCALE_BLOCKS)
-    blocks = [_upscaled_block(upscaling, block, hyper) for block in keys.split(rows * gw, dim=1)]
-    logits = torch.cat(blocks, dim=1).reshape(-1, gh, gw, 2, 2, 2, 2)  # (y, x, a, b, a2, b2)
-    return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 1, 4 * gh, 4 * gw)
-
-
-def _upscaled_block(upscaling: nn.Sequential, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-    """Pixels [Q,n,C] -> mask-0 logits of their 4x4 children [Q,n*16]."""
     up1, norm, act1, up2, act2 = upscaling
     c1, c2 = up1.out_channels, up2.out_channels
-    x = F.linear(keys, up1.weight.permute(2, 3, 1, 0).flatten(0, 2), up1.bias.repeat(4)).unflatten(-1, (4, c1))
-    x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-    x = act2(F.linear(x, up2.weight.permute(2, 3, 1, 0).flatten(0, 2), up2.bias.repeat(4)))  # [Q,n,4,4*c2]
-    return (x.unflatten(-1, (4, c2)).flatten(1, 3) @ hyper.unsqueeze(-1)).squeeze(-1)
+    w1, b1 = up1.weight.permute(2, 3, 1, 0).flatten(0, 2), up1.bias.repeat(4)
+    w2, b2 = up2.weight.permute(2, 3, 1, 0).flatten(0, 2), up2.bias.repeat(4)
+    gh, gw = grid
+    blocks = []
+    for block in keys.split(max(1, gh // UPSCALE_BLOCKS) * gw, dim=1):
+        x = act1(F.layer_norm(F.linear(block, w1, b1).unflatten(-1, (4, c1)), (c1,), norm.weight, norm.bias, norm.eps))
+        x = act2(F.linear(x, w2, b2)).unflatten(-1, (4, c2)).flatten(1, 3)  # [Q,n*16,c2]: pixel, 4x4 children
+        blocks.append(x @ hyper.unsqueeze(-1))
+    logits = torch.cat(blocks, dim=1).reshape(-1, gh, gw, 2, 2, 2, 2)  # (y, x, a, b, a2, b2)
+    return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 1, 4 * gh, 4 * gw)
