@@ -1,11 +1,12 @@
 """Shared fixtures (paths to ../shared, a tiny checkpoint) and how the suite splits over xdist workers.
 
-``make test`` runs two pytest-xdist workers with ``--dist loadgroup``: a group is one unit of
-work on one worker. Session and module fixtures are computed per worker, so a module's tests
-stay together by default (its module fixtures are computed once), and tests that must share a
-process or must not run at the same time share a group (below). Each worker gets its share of
-the CPU cores as torch threads: two workers with two OpenMP threads each on two cores spend
-most of their time waiting for each other.
+``make test`` runs two pytest-xdist workers. The scheduler below sends each unit of work (see
+``unit_of``) to one worker as a whole: session and module fixtures are computed per worker, so
+a module's tests stay together by default (its module fixtures are computed once); tests that
+must share a process or must not run at the same time share a unit; the four XMem golden runs
+split into two units of about equal cost, each encoding the golden frames once. The slowest
+units start first. Each worker gets its share of the CPU cores as torch threads: two workers
+with two OpenMP threads each on two cores spend most of their time waiting for each other.
 """
 
 from __future__ import annotations
@@ -23,17 +24,32 @@ DAVIS = SHARED / "data" / "davis2016"
 
 # Modules whose tests must share one worker: ROS 2 nodes of two workers would discover each other
 # over DDS; Ray runs one local instance at a time.
-MODULE_GROUPS = {
+MODULE_UNITS = {
     "test_ros_node.py": "ros",
     "test_semantic_ros.py": "ros",
     "test_serve.py": "ray",
 }
-# Units that take longest (--durations of the whole suite), started first so that no worker is
-# left with a long one at the end; the others follow in collection order.
+XMEM_GOLDEN_MODULES = ("test_xmem_golden.py", "test_xmem_multi_golden.py")
+# The slowest units (--durations of the whole suite), started first so that no worker is left
+# with a long one at the end; the others follow in collection order.
 SLOWEST_FIRST = (
-    "xmem_golden_main", "xmem_golden_long_term", "ray", "ros", "test_semantic.py", "test_xmem_runtime.py",
-    "test_precision.py", "test_multi_query.py", "test_bench.py", "test_latency_comp.py",
+    "xmem_golden_main", "xmem_golden_long_term", "test_bench.py", "ray", "test_precision.py", "ros",
+    "test_semantic.py", "test_export_golden.py", "test_export_onnx.py", "test_export_xmem.py",
+    "test_semantic_training.py", "test_xmem_runtime.py", "test_latency_comp.py", "test_multi_query.py",
 )
+
+
+def unit_of(nodeid: str) -> str:
+    """The unit of work of the test ``nodeid``: its module, its module's unit, or a half of the XMem golden runs.
+
+    The golden halves: the main run's tests and multi-object run A; the long-term run's tests,
+    run B and the input checks.
+    """
+    path, _, test = nodeid.partition("::")
+    module = Path(path).name
+    if module in XMEM_GOLDEN_MODULES:
+        return "xmem_golden_main" if test.startswith("test_main_") or test.endswith("[A]") else "xmem_golden_long_term"
+    return MODULE_UNITS.get(module, module)
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -55,24 +71,23 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(threads)
 
 
-def xdist_group(item: pytest.Item) -> str:
-    """The unit of work ``item`` belongs to: its own xdist_group mark, its module's group, or its module."""
-    mark = item.get_closest_marker("xdist_group")
-    if mark is not None:
-        return str(mark.args[0])
-    return MODULE_GROUPS.get(item.path.name, item.path.name)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's scheduling by scope, with ``unit_of`` as the scope."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    return UnitScheduling(config, log)
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test with its group; on xdist workers, order the slowest units first."""
-    groups = {item: xdist_group(item) for item in items}
-    for item, group in groups.items():
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
+    """On xdist workers (whose collection order the scheduler follows): the slowest units first."""
     if hasattr(config, "workerinput"):
-        rank = {g: i for i, g in enumerate(SLOWEST_FIRST)}
-        items.sort(key=lambda item: rank.get(groups[item], len(rank)))  # stable: collection order within a rank
+        rank = {unit: i for i, unit in enumerate(SLOWEST_FIRST)}
+        items.sort(key=lambda item: rank.get(unit_of(item.nodeid), len(rank)))  # stable: collection order within a rank
 
 
 @pytest.fixture(scope="session")
