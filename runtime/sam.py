@@ -243,7 +243,7 @@ class SegMaskDecoder(nn.Module):
         iou = d.iou_prediction_head(head[:, 0])[:, :1]
         return low_res, iou
 
-    def image_side(self, image_embeddings: torch.Tensor) -> "ImageSide":
+    def image_side(self, image_embeddings: torch.Tensor) -> ImageSide:
         """The query-independent inputs of the first two-way block, computed once per call."""
         layer = self.decoder.transformer.layers[0]
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
@@ -282,10 +282,14 @@ def _by_head(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _scale(attn: nn.Module) -> float:
+    """1/sqrt(head dim) (1/4 in SAM: a power of two, so scaling one factor instead of the product is exact)."""
     return (attn.internal_dim // attn.num_heads) ** -0.5
 
 
-def _two_way_block(layer: nn.Module, queries, keys, query_pe, key_pe, image: ImageSide | None = None):
+def _two_way_block(
+    layer: nn.Module, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor,
+    image: ImageSide | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's ``TwoWayAttentionBlock``; ``image`` given: the first block, whose keys are the image for every query."""
     if layer.skip_first_layer_pe:
         queries = layer.self_attn(q=queries, k=queries, v=queries)
