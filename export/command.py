@@ -11,7 +11,7 @@ from visa_edge.runtime.errors import InputError
 if TYPE_CHECKING:
     from .registry import ExportNetwork
 
-NETWORK_HELP = "visual_tokens, sam_encoder, mask_decoder; with --xmem also xmem_key_encoder, xmem_value_encoder, xmem_decoder"
+NETWORK_HELP = "visual_tokens, sam_encoder, mask_decoder; with --xmem also xmem_key_encoder, xmem_value_encoder, xmem_skips, xmem_decoder"
 
 
 def register(sub) -> None:

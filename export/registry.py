@@ -96,12 +96,14 @@ def tracker_networks(xmem: XMemModel, working_size: tuple[int, int], seed: int =
     image = image_ops.normalise(synthetic.frame(7, height, width), "cpu")[None]
     with torch.no_grad():
         _, _, _, f16, f8, f4 = modules["xmem_key_encoder"](image)
+        s8, s4 = modules["xmem_skips"](f8, f4)
     grid = (height // image_ops.STRIDE, width // image_ops.STRIDE)
     mask = torch.from_numpy(synthetic.ellipse_mask(7, height, width)).float()[None, None]
     hidden = torch.randn(1, HIDDEN_DIM, *grid, generator=gen)
     examples = {
         "xmem_key_encoder": {"image": image},
         "xmem_value_encoder": {"image": image, "mask": mask, "others": torch.zeros_like(mask), "f16": f16, "hidden": hidden},
-        "xmem_decoder": {"f16": f16, "f8": f8, "f4": f4, "readout": torch.randn(1, VALUE_DIM, *grid, generator=gen), "hidden": hidden},
+        "xmem_skips": {"f8": f8, "f4": f4},
+        "xmem_decoder": {"f16": f16, "s8": s8, "s4": s4, "readout": torch.randn(1, VALUE_DIM, *grid, generator=gen), "hidden": hidden},
     }
     return [ExportNetwork(name, modules[name], XMEM_NETWORKS[name], examples[name], ("xmem",)) for name in XMEM_NETWORKS]

@@ -47,11 +47,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from .xmem_golden_support import FEATURES, LONG_TERM_GROUP, MAIN_GROUP, RecordingCache, RecordingEngine
+from .xmem_golden_support import LONG_TERM_GROUP, MAIN_GROUP, recording_tracker
 from .xmem_golden_support import checkpoints as golden_checkpoints
 from .xmem_golden_support import load_make_weights, video as golden_video, weights as golden_weights
 
-from visa_edge.runtime.tracking.xmem import XMemConfig, XMemTracker, soft_iou_confidence
+from visa_edge.runtime.tracking.xmem import XMemConfig, soft_iou_confidence
 from visa_edge.runtime.tracking.xmem import image_ops as xframes
 from visa_edge.runtime.tracking.xmem.memory import Consolidation, Removal
 
@@ -138,7 +138,7 @@ class RunRecord:
     def record(self, name: str, inputs: dict, outputs: dict) -> None:
         frame = len(self.calls) - 1
         self.calls[-1].append(name)
-        if name == "xmem_key_encoder":
+        if name == "xmem_frame_features":
             for k in ("key", "shrinkage", "selection"):
                 self.enc.setdefault(k, []).append(outputs[k][0].numpy().copy())
             for k in ("f16", "f8", "f4"):
@@ -156,9 +156,7 @@ class RunRecord:
 
 def track_golden(checkpoint: Path, config: XMemConfig, video: tuple[np.ndarray, ...], mask0: np.ndarray) -> RunRecord:
     rec = RunRecord()
-    base = XMemTracker.from_checkpoint(checkpoint, config)
-    engines = {n: e if n == "xmem_key_encoder" else RecordingEngine(e, rec.record) for n, e in base.engines.items()}
-    tracker = XMemTracker(engines, config, cache=RecordingCache(FEATURES, rec.record))
+    tracker = recording_tracker(checkpoint, config, rec.record)
     mem = tracker.memory
     for i, frame in enumerate(video):
         rec.calls.append([])
@@ -260,7 +258,7 @@ def test_main_masks_and_probabilities(main_run, main_ref):
 @MAIN_GROUP
 def test_main_schedule_and_memory_sizes(main_run, main_ref):
     calls = main_run.calls
-    assert [c[0] for c in calls] == ["xmem_key_encoder"] * N_FRAMES
+    assert [c[0] for c in calls] == ["xmem_frame_features"] * N_FRAMES
     assert ["xmem_value_encoder" in c for c in calls] == main_ref["is_mem_frame"].tolist()
     assert ["xmem_decoder" in c for c in calls] == main_ref["segmented"].tolist()
     assert main_run.wm_size == main_ref["work_mem_size"].tolist()

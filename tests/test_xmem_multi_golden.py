@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from visa_edge.runtime.tracking.base import TrackOutput
-from visa_edge.runtime.tracking.xmem import XMemConfig, XMemTracker, soft_iou_confidence
+from visa_edge.runtime.tracking.xmem import XMemConfig, soft_iou_confidence
 
 from .conftest import SHARED, require_dir
-from .xmem_golden_support import FEATURES, LONG_TERM_GROUP, MAIN_GROUP, RecordingCache, RecordingEngine, checkpoints
+from .xmem_golden_support import LONG_TERM_GROUP, MAIN_GROUP, checkpoints, recording_tracker
 from .xmem_golden_support import video
 
 N_FRAMES = 10
@@ -95,9 +95,7 @@ def track_multi(checkpoint: Path, frames: tuple[np.ndarray, ...], references: di
     rec = MultiRecord()
     config = XMemConfig()
     config = replace(config, enable_long_term_count_usage=config.original_count_usage(N_FRAMES))
-    base = XMemTracker.from_checkpoint(checkpoint, config)
-    engines = {n: e if n == "xmem_key_encoder" else RecordingEngine(e, rec.record) for n, e in base.engines.items()}
-    tracker = XMemTracker(engines, config, cache=RecordingCache(FEATURES, rec.record))
+    tracker = recording_tracker(checkpoint, config, rec.record)
     mem = tracker.memory
     for i, frame in enumerate(frames):
         rec.calls.append([])
@@ -184,7 +182,7 @@ def test_recipe_reproduces_the_stored_probabilities(refs, expected_probs):
 @RUNS
 def test_schedule_objects_and_memory_sizes(runs, refs, run):
     rec, (ref, _) = runs[run], refs[run]
-    assert [c[0] for c in rec.calls] == ["xmem_key_encoder"] * N_FRAMES
+    assert [c[0] for c in rec.calls] == ["xmem_frame_features"] * N_FRAMES
     assert ["xmem_decoder" in c for c in rec.calls] == ref["segmented"].tolist()
     assert ["xmem_value_encoder" in c for c in rec.calls] == ref["is_mem_frame"].tolist()
     assert [len(o.objects) for o in rec.outputs] == ref["num_objects"].tolist()

@@ -270,7 +270,7 @@ def test_soft_iou_confidence_values():
 
 
 def test_networks_signatures_with_two_objects(engines):
-    assert set(engines) == set(XMEM_NETWORKS) == {"xmem_key_encoder", "xmem_value_encoder", "xmem_decoder"}
+    assert set(engines) == set(XMEM_NETWORKS) == {"xmem_key_encoder", "xmem_value_encoder", "xmem_skips", "xmem_decoder"}
     for name, engine in engines.items():
         assert engine.input_names == XMEM_NETWORKS[name].inputs and engine.output_names == XMEM_NETWORKS[name].outputs
     h, w = H // 16, W // 16
@@ -287,7 +287,9 @@ def test_networks_signatures_with_two_objects(engines):
         {"image": torch.randn(1, 3, H, W), "mask": masks, "others": masks.flip(0), "f16": enc["f16"], "hidden": hidden}
     )
     assert val["value"].shape == (2, 512, h, w) and val["hidden_out"].shape == (2, 64, h, w)
-    dec = engines["xmem_decoder"].run({**{k: enc[k] for k in ("f16", "f8", "f4")}, "readout": val["value"], "hidden": hidden})
+    skips = engines["xmem_skips"].run({"f8": enc["f8"], "f4": enc["f4"]})
+    assert skips["s8"].shape == (1, 512, 2 * h, 2 * w) and skips["s4"].shape == (1, 256, 4 * h, 4 * w)
+    dec = engines["xmem_decoder"].run({"f16": enc["f16"], **skips, "readout": val["value"], "hidden": hidden})
     assert dec["logits"].shape == (2, 1, 4 * h, 4 * w) and dec["hidden_out"].shape == (2, 64, h, w)
     assert dec["hidden_out"].abs().max() <= 1 + hidden.abs().max()  # h' = f*h*(1-u) + u*n is bounded
 
@@ -343,14 +345,30 @@ def test_safetensors_round_trip_and_from_checkpoint(model, tmp_path):
 # --- shared feature cache and several objects ---------------------------------------------------
 
 
+class CountingEngine:
+    """An engine that counts its calls."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, 0
+        self.name, self.input_names, self.output_names = engine.name, engine.input_names, engine.output_names
+
+    def run(self, inputs):
+        self.calls += 1
+        return self.engine.run(inputs)
+
+
 def test_catch_up_with_cached_key_features_equals_stepping_every_frame(engines):
-    """A catch-up tracker re-anchored on frame 2 re-steps frames 3..7 from the cache: same outputs, bit for bit."""
+    """A catch-up tracker re-anchored on frame 2 re-steps frames 3..7 from the cache: same outputs, bit for bit.
+    The per-frame networks (key encoder, the decoder's skip convs) run once per frame, not per tracker."""
     cache = FeatureCache(max_frames=16)
     frames, masks = clip(8)
+    counted = {name: CountingEngine(engines[name]) for name in ("xmem_key_encoder", "xmem_skips")}
+    engines = {**engines, **counted}
     live = XMemTracker(engines, XMemConfig(**SMALL), "cpu", cache)  # the 3-positional form + cache
     for t, frame in enumerate(frames):
         live.step(frame, masks[0] if t == 0 else None, index=t)
     assert (cache.hits, cache.misses, len(cache)) == (0, 8, 8)
+    assert [e.calls for e in counted.values()] == [8, 8]
 
     def catch_up(tracker: XMemTracker) -> list:
         outs = [tracker.anchor(frames[2], masks[2], index=2)]
@@ -359,6 +377,7 @@ def test_catch_up_with_cached_key_features_equals_stepping_every_frame(engines):
     cached, computed = XMemTracker(engines, XMemConfig(**SMALL), cache=cache), XMemTracker(engines, XMemConfig(**SMALL))
     cached_outs = catch_up(cached)
     assert (cache.hits, cache.misses) == (6, 8)  # frames 2..7 came from the cache
+    assert [e.calls for e in counted.values()] == [8, 8]  # the catch-up ran neither per-frame network
     computed_outs = catch_up(computed)
     assert (cache.hits, cache.misses) == (6, 8)  # a tracker without the cache computes everything
     for a, b in zip(cached_outs, computed_outs):

@@ -72,13 +72,43 @@ class RecordingEngine:
         return outputs
 
 
-class RecordingCache:
-    """The shared cache seen through one run: every key-encoder result (hit or miss) is reported to ``record``."""
+KEY_F8_F4: dict[int, dict[str, Any]] = {}  # frame index -> the key encoder's f8 and f4, for the golden checks
 
-    def __init__(self, cache: FeatureCache, record: Callable[[str, dict, dict], None]):
-        self.cache, self.record = cache, record
+
+class KeyEncoderTap:
+    """The key encoder engine, keeping f8 and f4 of the frame being encoded (the cached frame
+    features hold the decoder's skip convs of them instead) under ``index``."""
+
+    def __init__(self, engine):
+        self.engine, self.index = engine, None
+        self.name, self.input_names, self.output_names = engine.name, engine.input_names, engine.output_names
+
+    def run(self, inputs):
+        outputs = self.engine.run(inputs)
+        KEY_F8_F4[self.index] = {k: outputs[k] for k in ("f8", "f4")}
+        return outputs
+
+
+class RecordingCache:
+    """The shared cache seen through one run: every frame-features result (hit or miss) is reported
+    to ``record``, with the key encoder's f8 and f4 of that frame (kept by ``tap``)."""
+
+    def __init__(self, cache: FeatureCache, record: Callable[[str, dict, dict], None], tap: KeyEncoderTap):
+        self.cache, self.record, self.tap = cache, record, tap
 
     def get_or_compute(self, index: int | None, name: Hashable, compute: Callable[[], Any]) -> Any:
+        self.tap.index = index
         value = self.cache.get_or_compute(index, name, compute)
-        self.record(name[0], {}, value)
+        self.record(name[0], {}, {**value, **KEY_F8_F4[index]})
         return value
+
+
+def recording_tracker(checkpoint: Path, config, record: Callable[[str, dict, dict], None]):
+    """An XMemTracker whose engine calls and frame features are reported to ``record``."""
+    from visa_edge.runtime.tracking.xmem import XMemTracker
+
+    base = XMemTracker.from_checkpoint(checkpoint, config)
+    tap = KeyEncoderTap(base.engines["xmem_key_encoder"])
+    per_frame = {"xmem_key_encoder": tap, "xmem_skips": base.engines["xmem_skips"]}  # reported through the cache
+    engines = {n: per_frame.get(n) or RecordingEngine(e, record) for n, e in base.engines.items()}
+    return XMemTracker(engines, config, cache=RecordingCache(FEATURES, record, tap))

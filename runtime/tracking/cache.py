@@ -1,7 +1,7 @@
 """Per-frame features shared by every tracker of a factory, keyed by frame index.
 
 Features that do not depend on the reference mask (consecutive-frame optical flow, XMem's
-key-encoder output) are computed once per frame by whichever tracker sees the frame first
+key-encoder output and decoder skip convolutions) are computed once per frame by whichever tracker sees the frame first
 (normally the live one) and reused by the others (a catch-up tracker re-stepping buffered
 frames after a re-anchoring). Bounded: the oldest frames are evicted first.
 """

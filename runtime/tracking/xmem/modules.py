@@ -245,7 +245,11 @@ class ValueEncoder(nn.Module):
 
 
 class UpsampleBlock(nn.Module):
-    """x2 bilinear upsampling of g plus a 3x3 conv of the skip feature, then a ResBlock."""
+    """x2 bilinear upsampling of g plus the skip feature's 3x3 conv, then a ResBlock.
+
+    ``forward`` takes the skip conv's output (``skip_conv(f)``): it depends on the frame only, so
+    it is computed once per frame (:class:`DecoderSkips`) and shared by every tracker and object.
+    """
 
     def __init__(self, skip_dim: int, up_dim: int, out_dim: int):
         super().__init__()
@@ -254,7 +258,7 @@ class UpsampleBlock(nn.Module):
 
     def forward(self, skip: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(g, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.out_conv(self.skip_conv(skip) + up)
+        return self.out_conv(skip + up)
 
 
 class Decoder(nn.Module):
@@ -269,14 +273,27 @@ class Decoder(nn.Module):
         self.pred = conv3x3(256, 1)
 
     def forward(
-        self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, readout: torch.Tensor, hidden: torch.Tensor
+        self, f16: torch.Tensor, s8: torch.Tensor, s4: torch.Tensor, readout: torch.Tensor, hidden: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``s8``, ``s4``: the skip convs of f8 and f4 (:class:`DecoderSkips`)."""
         g16 = self.fuser(f16, torch.cat([readout, hidden], dim=1))
-        g8 = self.up_16_8(f8, g16)
-        g4 = self.up_8_4(f4, g8)
+        g8 = self.up_16_8(s8, g16)
+        g4 = self.up_8_4(s4, g8)
         logits = self.pred(F.relu(g4))
         new_hidden = self.hidden_update(g16, g8, torch.cat([g4, logits], dim=1), hidden)
         return logits, new_hidden
+
+
+class DecoderSkips(nn.Module):
+    """The decoder's skip convs of f8 and f4 (its two largest convolutions): per frame, not per object."""
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.up_16_8_skip = decoder.up_16_8.skip_conv
+        self.up_8_4_skip = decoder.up_8_4.skip_conv
+
+    def forward(self, f8: torch.Tensor, f4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.up_16_8_skip(f8), self.up_8_4_skip(f4)
 
 
 class XMemModel(nn.Module):

@@ -7,7 +7,10 @@ Shapes (H, W: padded frame size, multiples of 16; h, w = H/16, W/16; O objects):
 * ``xmem_value_encoder``: image, mask [O,1,H,W] (object probability), others [O,1,H,W] (sum of
   the other objects' probabilities), f16, hidden [O,64,h,w] -> value [O,512,h,w],
   hidden_out [O,64,h,w] (the deep-updated hidden state).
-* ``xmem_decoder``: f16, f8, f4, readout [O,512,h,w], hidden -> logits [O,1,4h,4w] (1/4 of the
+* ``xmem_skips``: f8, f4 -> s8 [1,512,2h,2w], s4 [1,256,4h,4w]: the decoder's skip convs, which
+  depend on the frame only (its two largest convolutions), so they are computed once per frame
+  and cached with the key features instead of once per decoder call.
+* ``xmem_decoder``: f16, s8, s4, readout [O,512,h,w], hidden -> logits [O,1,4h,4w] (1/4 of the
   padded frame), hidden_out (the decoder-updated hidden state).
 
 Every network always computes all its outputs; the runtime decides which hidden state to
@@ -21,12 +24,13 @@ from torch import nn
 
 from ...backends import Engine, TorchEngine
 from ...reasoning_networks import NetworkSpec
-from .modules import KeyEncoder, KeyProjection, XMemModel
+from .modules import DecoderSkips, KeyEncoder, KeyProjection, XMemModel
 
 XMEM_NETWORKS: dict[str, NetworkSpec] = {
     "xmem_key_encoder": NetworkSpec(("image",), ("key", "shrinkage", "selection", "f16", "f8", "f4")),
     "xmem_value_encoder": NetworkSpec(("image", "mask", "others", "f16", "hidden"), ("value", "hidden_out")),
-    "xmem_decoder": NetworkSpec(("f16", "f8", "f4", "readout", "hidden"), ("logits", "hidden_out")),
+    "xmem_skips": NetworkSpec(("f8", "f4"), ("s8", "s4")),
+    "xmem_decoder": NetworkSpec(("f16", "s8", "s4", "readout", "hidden"), ("logits", "hidden_out")),
 }
 
 
@@ -49,6 +53,7 @@ def xmem_modules(model: XMemModel) -> dict[str, nn.Module]:
     return {
         "xmem_key_encoder": KeyEncoderNet(model.key_encoder, model.key_proj).eval(),
         "xmem_value_encoder": model.value_encoder.eval(),  # forwards already match the specs
+        "xmem_skips": DecoderSkips(model.decoder).eval(),
         "xmem_decoder": model.decoder.eval(),
     }
 

@@ -233,7 +233,7 @@ class XMemTracker(Tracker):
         probs = None
         if plan.segment:
             readout = mem.read(enc["key"], enc["selection"])
-            dec = self.run("xmem_decoder", f16=enc["f16"], f8=enc["f8"], f4=enc["f4"], readout=readout, hidden=mem.hidden)
+            dec = self.run("xmem_decoder", f16=enc["f16"], s8=enc["s8"], s4=enc["s4"], readout=readout, hidden=mem.hidden)
             probs = image_ops.logits_to_prob(dec["logits"])
             if plan.decoder_update:
                 mem.hidden = dec["hidden_out"]
@@ -270,11 +270,18 @@ class XMemTracker(Tracker):
         return image_ops.aggregate(planes)
 
     def encode_key(self, image: torch.Tensor, index: int | None) -> dict[str, torch.Tensor]:
-        """Key-encoder outputs of the frame, from the shared cache when another tracker computed them."""
+        """The frame's per-frame features: key, shrinkage, selection, f16 and the decoder's skip
+        features s8, s4 (f8 and f4 are only their inputs); from the shared cache when another
+        tracker computed them."""
         if self.cache is None:
-            return self.run("xmem_key_encoder", image=image)
-        name = ("xmem_key_encoder", tuple(image.shape[-2:]))
-        return self.cache.get_or_compute(index, name, lambda: self.run("xmem_key_encoder", image=image))
+            return self.frame_features(image)
+        name = ("xmem_frame_features", tuple(image.shape[-2:]))
+        return self.cache.get_or_compute(index, name, lambda: self.frame_features(image))
+
+    def frame_features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        enc = self.run("xmem_key_encoder", image=image)
+        skips = self.run("xmem_skips", f8=enc.pop("f8"), f4=enc.pop("f4"))
+        return {**enc, **skips}
 
     def run(self, name: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run one engine; outputs are brought to the tracker's device."""
