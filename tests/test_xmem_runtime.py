@@ -7,6 +7,8 @@ frame) so every test runs in seconds.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -204,6 +206,10 @@ def test_missing_or_mismatched_engines_and_bad_config(engines):
     wrong = dict(engines, xmem_decoder=engines["xmem_value_encoder"])
     with pytest.raises(InputError, match="engine 'xmem_decoder' has inputs"):
         XMemTracker(wrong)
+    before_skips = SimpleNamespace(name="xmem_decoder", input_names=("f16", "f8", "f4", "readout", "hidden"),
+                                   output_names=("logits", "hidden_out"))  # exported before xmem_skips existed
+    with pytest.raises(InputError, match=r"expected inputs \('f16', 's8', 's4'.*export them again"):
+        XMemTracker(dict(engines, xmem_decoder=before_skips))
     with pytest.raises(InputError, match="max_mid_term_frames"):
         XMemConfig(min_mid_term_frames=5, max_mid_term_frames=5)
     with pytest.raises(InputError, match="max_long_term_elements"):

@@ -80,7 +80,8 @@ def check_engines(engines: Mapping[str, Engine]) -> None:
         if set(engine.input_names) != set(spec.inputs) or not set(spec.outputs) <= set(engine.output_names):
             raise InputError(
                 f"XMemTracker: engine {name!r} has inputs {engine.input_names} / outputs {engine.output_names}; "
-                f"expected inputs {spec.inputs} and outputs {spec.outputs}"
+                f"expected inputs {spec.inputs} and outputs {spec.outputs} (engines exported by an older "
+                "visa-edge: export them again)"
             )
 
 
