@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,3 +113,22 @@ def tiny_checkpoint(tmp_path_factory):
     from visa_edge.runtime.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+def max_abs(a, b) -> float:
+    """Largest absolute difference of two arrays/tensors, in float64."""
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def golden_visa_frames(golden_visa: Path) -> list[np.ndarray]:
+    """The golden tiny VISA's window frames (references..., target), RGB uint8."""
+    from visa_edge.runtime.io import read_rgb
+
+    return [read_rgb(p) for p in sorted((golden_visa / "frames").glob("seq*.png"))]
+
+
+def golden_visa_model(golden_visa: Path, **kwargs):
+    """The golden tiny VISA checkpoint with its CLIP tower (``kwargs`` go to ``from_pretrained``)."""
+    from visa_edge.runtime.model import VisaModel
+
+    return VisaModel.from_pretrained(golden_visa / "hf_model", clip=golden_visa / "clip_vision_tower", **kwargs)

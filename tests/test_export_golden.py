@@ -13,12 +13,11 @@ import io
 import numpy as np
 import pytest
 
+from .conftest import golden_visa_frames, golden_visa_model
 from visa_edge.export.manifest_writer import hash_source
 from visa_edge.export.registry import reasoning_networks
 from visa_edge.export.pipeline import ExportOptions, Progress, export_networks
 from visa_edge.runtime.backends import load_engines
-from visa_edge.runtime.io import read_rgb
-from visa_edge.runtime.model import VisaModel
 from visa_edge.runtime.reasoning import ReasoningStep
 
 QUERY = "the red ball moving to the right"
@@ -29,12 +28,12 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def golden_step(golden_visa, tmp_path_factory):
     checkpoint, clip = golden_visa / "hf_model", golden_visa / "clip_vision_tower"
-    model = VisaModel.from_pretrained(checkpoint, clip=clip)
+    model = golden_visa_model(golden_visa)
     out = tmp_path_factory.mktemp("golden_engines")
     sources = {"checkpoint": hash_source(checkpoint), "clip": hash_source(clip)}
     export_networks(reasoning_networks(model), out, ExportOptions(), sources, ["visa-edge", "export"], Progress(9, io.StringIO()))
     engines = load_engines(out, backend="onnxruntime", device="cpu")
-    frames = [read_rgb(p) for p in sorted((golden_visa / "frames").glob("seq*.png"))]
+    frames = golden_visa_frames(golden_visa)
     step = ReasoningStep(model, engines)
     return step(frames, QUERY), engines, step, frames
 

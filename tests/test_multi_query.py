@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from .conftest import golden_visa_frames, golden_visa_model, max_abs
 from visa_edge.runtime.errors import InputError
-from visa_edge.runtime.io import read_rgb
 from visa_edge.runtime.llm import (
     expand_image_tokens,
     expanded_length,
@@ -21,7 +21,6 @@ from visa_edge.runtime.llm import (
     shared_prefix_length,
     shared_prefix_seg_states,
 )
-from visa_edge.runtime.model import VisaModel
 from visa_edge.runtime.reasoning_networks import MAX_QUERIES
 from visa_edge.runtime.prompt import IMAGE_TOKEN_INDEX
 from visa_edge.runtime.reasoning import ReasoningStep
@@ -33,18 +32,14 @@ TOL = 1e-4
 QUERIES = ("the red ball moving to the right", "which object moves fastest in the video?", "the cube", "the red ball moving to the right")
 
 
-def max_abs(a, b) -> float:
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
-
-
 @pytest.fixture(scope="module")
 def model(golden_visa):
-    return VisaModel.from_pretrained(golden_visa / "hf_model", clip=golden_visa / "clip_vision_tower")
+    return golden_visa_model(golden_visa)
 
 
 @pytest.fixture(scope="module")
 def frames(golden_visa):
-    return [read_rgb(p) for p in sorted((golden_visa / "frames").glob("seq*.png"))]
+    return golden_visa_frames(golden_visa)
 
 
 @pytest.fixture(scope="module")

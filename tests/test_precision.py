@@ -6,12 +6,10 @@ fp32: NF4 LLM 99.26 % ([SEG] state moves by up to ~1.0 absolute), all-bf16 99.66
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from visa_edge.runtime.io import read_rgb  # noqa: E402
-from visa_edge.runtime.model import VisaModel  # noqa: E402
+from .conftest import golden_visa_frames, golden_visa_model
 from visa_edge.runtime.reasoning import ReasoningStep  # noqa: E402
 
 QUERY = "the red ball moving to the right"
@@ -19,13 +17,11 @@ QUERY = "the red ball moving to the right"
 
 @pytest.fixture(scope="module")
 def frames(golden_visa):
-    return [read_rgb(p) for p in sorted((golden_visa / "frames").glob("seq*.png"))]
+    return golden_visa_frames(golden_visa)
 
 
 def load(golden_visa, quantization, dtype=torch.float32):
-    return VisaModel.from_pretrained(
-        golden_visa / "hf_model", clip=golden_visa / "clip_vision_tower", quantization=quantization, dtype=dtype
-    )
+    return golden_visa_model(golden_visa, quantization=quantization, dtype=dtype)
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from .conftest import golden_visa_frames, golden_visa_model, max_abs
 from visa_edge.runtime.errors import InputError
-from visa_edge.runtime.io import read_rgb
 from visa_edge.runtime.llm import batched_seg_states, expand_image_tokens, seg_hidden_states
-from visa_edge.runtime.model import VisaModel
 from visa_edge.runtime.reasoning import ReasoningStep, Window
 
 TOL = 1e-4
 
 
-def max_abs(a, b) -> float:
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
-
-
 @pytest.fixture(scope="module")
 def model(golden_visa):
-    return VisaModel.from_pretrained(golden_visa / "hf_model", clip=golden_visa / "clip_vision_tower")
+    return golden_visa_model(golden_visa)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def step(model):
 
 @pytest.fixture(scope="module")
 def frames(golden_visa):
-    return [read_rgb(p) for p in sorted((golden_visa / "frames").glob("seq*.png"))]
+    return golden_visa_frames(golden_visa)
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ from .xmem_golden_support import LONG_TERM_GROUP, MAIN_GROUP, recording_tracker
 from .xmem_golden_support import checkpoints as golden_checkpoints
 from .xmem_golden_support import load_make_weights, video as golden_video, weights as golden_weights
 
+from .conftest import max_abs
 from visa_edge.runtime.tracking.xmem import XMemConfig, soft_iou_confidence
 from visa_edge.runtime.tracking.xmem import image_ops as xframes
 from visa_edge.runtime.tracking.xmem.memory import Consolidation, Removal
@@ -65,10 +66,6 @@ MARGIN = 1e-4
 USAGE_SWAP_BOUND = 0.05
 USAGE_SWAP_ELEMENTS = 20
 PROTO_SWAPS = 4  # prototypes that may differ from the fixture's, each at a usage near-tie at the cut
-
-
-def max_abs(a, b) -> float:
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
 @pytest.fixture(scope="module")
