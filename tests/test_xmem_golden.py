@@ -34,7 +34,7 @@ identity (consolidation frame, candidate index), since their order follows the r
 
 Run time: two 12-frame full-size runs, each run once per session; the key-encoder outputs of
 the frames come from one cache shared with tests/test_xmem_multi_golden.py (xmem_golden_support).
-Under xdist the main run and the long-term run go to different workers (MAIN_GROUP, LONG_TERM_GROUP).
+Under xdist the main run and the long-term run go to different workers (`unit_of` in conftest.py).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from .xmem_golden_support import LONG_TERM_GROUP, MAIN_GROUP, recording_tracker
+from .xmem_golden_support import recording_tracker
 from .xmem_golden_support import checkpoints as golden_checkpoints
 from .xmem_golden_support import load_make_weights, video as golden_video, weights as golden_weights
 
@@ -201,14 +201,12 @@ def lt_ref(golden_xmem):
 # --- inputs -------------------------------------------------------------------------------------
 
 
-@LONG_TERM_GROUP
 def test_generated_weights_match_recorded_sha256(golden_xmem, weights, make_weights):
     recorded = json.loads((golden_xmem / "xmem_random_weights_sha256.json").read_text())
     assert dict(make_weights.sha256_table(weights)) == recorded
     assert len(weights) == 412
 
 
-@LONG_TERM_GROUP
 def test_frames_and_normalisation_bit_exact(video, inputs):
     for frame, digest in zip(video, inputs["frame_rgb_sha256"]):
         assert hashlib.sha256(frame.tobytes()).hexdigest() == digest
@@ -219,7 +217,6 @@ def test_frames_and_normalisation_bit_exact(video, inputs):
     assert xframes.pad_amounts(480, 854) == (5, 5, 0, 0)
 
 
-@LONG_TERM_GROUP
 def test_configs_follow_the_original(golden_xmem):
     recorded = json.loads((golden_xmem / "configs.json").read_text())
     for run in ("main", "long_term"):
@@ -242,7 +239,6 @@ def check_masks(probs: list[np.ndarray], ref_masks: np.ndarray) -> None:
         assert (mask != ref).sum() <= 100, f"frame {i}"
 
 
-@MAIN_GROUP
 def test_main_masks_and_probabilities(main_run, main_ref):
     check_masks(main_run.probs, main_ref["mask"])
     probs = np.stack(main_run.probs)
@@ -252,7 +248,6 @@ def test_main_masks_and_probabilities(main_run, main_ref):
     assert diff.mean(axis=(1, 2)).max() <= 1e-4
 
 
-@MAIN_GROUP
 def test_main_schedule_and_memory_sizes(main_run, main_ref):
     calls = main_run.calls
     assert [c[0] for c in calls] == ["xmem_frame_features"] * N_FRAMES
@@ -264,7 +259,6 @@ def test_main_schedule_and_memory_sizes(main_run, main_ref):
     assert main_run.lt_at_read == main_ref["lt_engaged_at_read"].tolist()
 
 
-@MAIN_GROUP
 def test_main_key_encoder(main_run, main_ref, golden_xmem):
     for name in ("key", "shrinkage", "selection"):
         np.testing.assert_allclose(np.stack(main_run.enc[name]), main_ref[name], **ENCODER_TOL)
@@ -279,7 +273,6 @@ def test_main_key_encoder(main_run, main_ref, golden_xmem):
             np.testing.assert_allclose(window, ref1[f"{name}_win_{corner}"], **ENCODER_TOL)
 
 
-@MAIN_GROUP
 def test_main_decoder_and_hidden(main_run, main_ref):
     for i in range(1, N_FRAMES):
         assert max_abs(main_run.logits[i], main_ref["pred_logits_q4"][i]) <= 1e-2, f"frame {i}"
@@ -288,7 +281,6 @@ def test_main_decoder_and_hidden(main_run, main_ref):
         assert max_abs(main_run.hidden_after[i], main_ref["hidden_after"][i]) <= 1e-2, f"frame {i}"
 
 
-@MAIN_GROUP
 def test_main_values_and_readouts(main_run, main_ref, main_mem):
     np.testing.assert_array_equal(main_run.value_mask[0], main_mem["value_in_mask0"])
     assert sorted(main_run.value) == main_mem["value_frames"].tolist()
@@ -300,7 +292,6 @@ def test_main_values_and_readouts(main_run, main_ref, main_mem):
         assert diff[:, sure].max() <= 1e-2
 
 
-@MAIN_GROUP
 def test_main_confidence_is_soft_iou_of_the_map(main_run, main_ref):
     assert main_run.confidences[0] == pytest.approx(1.0, abs=1e-6)
     for i in range(1, N_FRAMES):
@@ -312,7 +303,6 @@ def test_main_confidence_is_soft_iou_of_the_map(main_run, main_ref):
 # --- long-term run ------------------------------------------------------------------------------
 
 
-@LONG_TERM_GROUP
 def test_lt_masks_logits_and_sizes(lt_run, lt_ref):
     check_masks(lt_run.probs, lt_ref["mask"])
     for i in range(1, N_FRAMES):
@@ -331,7 +321,6 @@ def check_usage(got: np.ndarray, ref: np.ndarray, what: str) -> None:
     assert (diff > 1e-4).sum() <= USAGE_SWAP_ELEMENTS, f"{what}: {(diff > 1e-4).sum()} usages differ by > 1e-4"
 
 
-@LONG_TERM_GROUP
 def test_lt_consolidations(lt_run, lt_ref):
     assert sorted(lt_run.consolidations) == [int(lt_ref[f"consolidation{i}_frame"]) for i in range(4)]
     for i in range(4):
@@ -372,7 +361,6 @@ def long_term_identities(prototypes: dict[int, np.ndarray], usages: dict[int, np
     return before
 
 
-@LONG_TERM_GROUP
 def test_lt_removals(lt_run, lt_ref):
     """Usage before eviction, element by element; prototype order may differ at near-ties so elements are matched by identity."""
     frames = [int(lt_ref[f"removal{j}_frame"]) for j in range(2)]
@@ -398,7 +386,6 @@ def test_lt_removals(lt_run, lt_ref):
         check_usage([ours[k] for k in keys], [ref[k] for k in keys], f"removal {j}")
 
 
-@LONG_TERM_GROUP
 def test_lt_value_hidden_and_first_long_term_readout(lt_run, lt_ref):
     assert sorted(lt_run.value) == lt_ref["value_frames"].tolist()
     assert max_abs(lt_run.value[4], lt_ref["value4"]) <= 1e-2

@@ -41,7 +41,7 @@ from visa_edge.runtime.tracking.base import TrackOutput
 from visa_edge.runtime.tracking.xmem import XMemConfig, soft_iou_confidence
 
 from .conftest import SHARED, require_dir
-from .xmem_golden_support import LONG_TERM_GROUP, MAIN_GROUP, checkpoints, recording_tracker
+from .xmem_golden_support import checkpoints, recording_tracker
 from .xmem_golden_support import video
 
 N_FRAMES = 10
@@ -168,10 +168,9 @@ def expected_probs(refs, multi_inputs) -> dict[str, list[np.ndarray]]:
     return {r: [reference_probs(refs[r][0], multi_inputs, r, t) for t in range(N_FRAMES)] for r in "AB"}
 
 
-RUNS = pytest.mark.parametrize("run", [pytest.param("A", marks=MAIN_GROUP), pytest.param("B", marks=LONG_TERM_GROUP)])
+RUNS = pytest.mark.parametrize("run", ["A", "B"])
 
 
-@LONG_TERM_GROUP
 def test_recipe_reproduces_the_stored_probabilities(refs, expected_probs):
     """The test's own rendering of README 3 equals the stored full frames (so it can stand in for the others)."""
     for run, frames in (("A", (0, 1)), ("B", (0, 4))):

@@ -1,12 +1,12 @@
 """What the XMem golden tests share within one test session (tests #15: the slow part runs once).
 
 The random weights are generated once, written once as .pth and .safetensors, and every golden
-run (single- and multi-object) takes its key-encoder outputs from one ``FeatureCache``: the key
-encoder does not see masks, and every run tracks the same blackswan frames 0..11 at the same
-size, so each frame is encoded once per process.
+run (single- and multi-object) takes its frame features (key encoder + the decoder's skip convs)
+from one ``FeatureCache``: neither sees masks, and every run tracks the same blackswan frames
+0..11 at the same size, so each frame is encoded once per process.
 
 The four golden runs are the slowest part of the suite; under xdist they split into two groups
-of about equal cost, one per worker, each encoding the frames once (tests/conftest.py).
+of about equal cost, one per worker, each encoding the frames once (`unit_of` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -20,15 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from visa_edge.runtime.tracking.cache import FeatureCache
 
-FEATURES = FeatureCache(max_frames=12)  # frame index -> key-encoder outputs, shared by every golden run
-MAIN_GROUP = pytest.mark.xdist_group("xmem_golden_main")  # the main run and multi-object run A
-LONG_TERM_GROUP = pytest.mark.xdist_group("xmem_golden_long_term")  # the long-term run, run B, the input checks
+FEATURES = FeatureCache(max_frames=12)  # frame index -> frame features (key encoder + skip convs), shared by every golden run
 
 
 def load_make_weights(folder: Path):
