@@ -99,25 +99,31 @@ class SamEncoderConfig:
 
 
 def build_sam_parts(cfg: SamEncoderConfig) -> nn.ModuleDict:
-    """SAM image encoder, prompt encoder and mask decoder with SAM's fixed sizes (uninitialised values)."""
+    """SAM image encoder, prompt encoder and mask decoder with SAM's fixed sizes (uninitialised values).
+
+    The encoder's attention modules are :class:`RelPosAttention` (same parameters and state-dict
+    keys as SAM's)."""
     m = sam_modeling()
     grid = IMAGE_SIZE // PATCH_SIZE
+    encoder = m.ImageEncoderViT(
+        depth=cfg.depth,
+        embed_dim=cfg.embed_dim,
+        img_size=IMAGE_SIZE,
+        mlp_ratio=4,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        num_heads=cfg.num_heads,
+        patch_size=PATCH_SIZE,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=cfg.global_attn_indexes,
+        window_size=cfg.window_size,
+        out_chans=PROMPT_DIM,
+    )
+    for block in encoder.blocks:
+        block.attn = RelPosAttention(block.attn)
     return nn.ModuleDict(
         {
-            "image_encoder": m.ImageEncoderViT(
-                depth=cfg.depth,
-                embed_dim=cfg.embed_dim,
-                img_size=IMAGE_SIZE,
-                mlp_ratio=4,
-                norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                num_heads=cfg.num_heads,
-                patch_size=PATCH_SIZE,
-                qkv_bias=True,
-                use_rel_pos=True,
-                global_attn_indexes=cfg.global_attn_indexes,
-                window_size=cfg.window_size,
-                out_chans=PROMPT_DIM,
-            ),
+            "image_encoder": encoder,
             "prompt_encoder": m.PromptEncoder(
                 embed_dim=PROMPT_DIM,
                 image_embedding_size=(grid, grid),
@@ -133,6 +139,59 @@ def build_sam_parts(cfg: SamEncoderConfig) -> nn.ModuleDict:
             ),
         }
     )
+
+
+ATTENTION_BLOCK_ELEMENTS = 1 << 20  # logits per block of query rows (4 MB in fp32): stays in cache
+
+
+class RelPosAttention(nn.Module):
+    """SAM's image-encoder attention (same parameters, same state-dict keys), computed by blocks of query rows.
+
+    SAM materialises the logits of every query against every key ([windows x heads, HW, HW]:
+    4096 x 4096 per head in a global block), adds the decomposed relative positions in two
+    broadcast passes, then runs softmax and the value product: on a CPU these passes over memory
+    are ~85 % of the tiny encoder. Here the position bias of a block of query rows is built first
+    and the query-key product accumulated into it (``baddbmm``), so the block's logits stay in cache
+    through softmax and the value product. Each row's arithmetic is SAM's up to the order of two
+    additions (tested against SAM's module). Traced graphs (ONNX export) and non-CPU devices use
+    one block: one MatMul + Add + Softmax + MatMul chain, which TensorRT fuses itself.
+    """
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.rel_pos_h = attn.rel_pos_h
+        self.rel_pos_w = attn.rel_pos_w
+        self.num_heads = attn.num_heads
+        self.scale = attn.scale
+        self.qkv = attn.qkv
+        self.proj = attn.proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        n = height * width
+        qkv = self.qkv(x).reshape(batch, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, batch * self.num_heads, n, -1).unbind(0)
+        get_rel_pos = sam_modeling().image_encoder.get_rel_pos
+        grid_q = q.reshape(batch * self.num_heads, height, width, -1)
+        rel_h = torch.einsum("bhwc,hkc->bhwk", grid_q, get_rel_pos(height, height, self.rel_pos_h)).reshape(-1, n, height, 1)
+        rel_w = torch.einsum("bhwc,wkc->bhwk", grid_q, get_rel_pos(width, width, self.rel_pos_w)).reshape(-1, n, 1, width)
+        q_scaled, k_t = q * self.scale, k.transpose(-2, -1).contiguous()
+        rows = self._rows_per_block(x, q.shape[0] * n)
+        blocks = []
+        for s in range(0, n, rows):
+            logits = torch.baddbmm((rel_h[:, s : s + rows] + rel_w[:, s : s + rows]).flatten(2), q_scaled[:, s : s + rows], k_t)
+            blocks.append(torch.bmm(logits.softmax(-1), v))
+        out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
+        return self.proj(out)
+
+    @staticmethod
+    def _rows_per_block(x: torch.Tensor, logits_per_row: int) -> int:
+        """Query rows per block: all of them when tracing or off the CPU, else a cache-sized block."""
+        n = x.shape[1] * x.shape[2]
+        if x.device.type != "cpu" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return n
+        return max(1, min(n, ATTENTION_BLOCK_ELEMENTS // logits_per_row))
 
 
 def resized_shape(height: int, width: int, long_side: int = IMAGE_SIZE) -> tuple[int, int]:
