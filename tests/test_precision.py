@@ -6,10 +6,13 @@ fp32: NF4 LLM 99.26 % ([SEG] state moves by up to ~1.0 absolute), all-bf16 99.66
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from .conftest import golden_visa_frames, golden_visa_model
+from visa_edge.runtime.model import warn_slow_cpu_dtype
 from visa_edge.runtime.reasoning import ReasoningStep  # noqa: E402
 
 QUERY = "the red ball moving to the right"
@@ -50,7 +53,23 @@ def test_nf4_mask_agrees_with_fp32(golden_visa, frames, fp32):
     assert 0.0 < float((nf4.seg_hidden - fp32.seg_hidden).abs().max()) < 2.0  # quantized, yet close
 
 
+@pytest.mark.filterwarnings("ignore:dtype bfloat16 on this CPU:RuntimeWarning")
 def test_bf16_mask_agrees_with_fp32(golden_visa, frames, fp32):
     bf16 = ReasoningStep(load(golden_visa, None, torch.bfloat16))(frames, QUERY)
     agreement = float((bf16.mask == fp32.mask).mean())
     assert agreement >= 0.99, agreement  # measured 0.9966
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.bfloat16, "bfloat16"), (torch.float16, "float16")])
+def test_reduced_precision_without_cpu_kernels_warns(golden_visa, monkeypatch, dtype, name):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: False)
+    with pytest.warns(RuntimeWarning, match=f"dtype {name} on this CPU .*use float32"):
+        load(golden_visa, None, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_slow_cpu_dtype(torch.device("cpu"), torch.float32)
+        warn_slow_cpu_dtype(torch.device("cuda"), dtype)
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: True)
+        warn_slow_cpu_dtype(torch.device("cpu"), dtype)

@@ -63,7 +63,7 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="load the LLM in 4-bit NF4 with bitsandbytes (default: none)")
     g.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights and activations dtype (default: fp32)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights and activations dtype (default: fp32; bf16/fp16 pay on a GPU, on a CPU without native support they are far slower and warn)")
 
 
 def load_model(args: argparse.Namespace):
