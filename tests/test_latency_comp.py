@@ -116,6 +116,55 @@ def test_catchup_reuses_cached_features_and_equals_stepping_every_frame():
     assert len(rt.buffer) <= rt.config.buffer_frames
 
 
+class BridgingShiftTracker(ShiftTracker):
+    """Logs each propagation: ("bridge" or "step", frame index), per tracker; a bridge moves the mask as a step does."""
+
+    trackers: list = []
+
+    def __init__(self, cache: FeatureCache):
+        super().__init__(cache)
+        self.log = []
+        type(self).trackers.append(self)
+
+    def bridge(self, frame, *, index=None):
+        self.log.append(("bridge", index))
+        return super().step(frame, index=index)
+
+    def step(self, frame, mask=None, *, objects=None, index=None):
+        if mask is None:
+            self.log.append(("step", index))
+        return super().step(frame, mask, objects=objects, index=index)
+
+
+def test_catchup_bridges_all_but_the_newest_frames_and_reports_its_lag():
+    """A 0.15 s step at 60 fps leaves a ~9-frame backlog: all but the newest ``catchup_full_steps`` (3)
+    are bridged; without bridging every catch-up frame is a full step. Each swap records its lag
+    (frames the live path tracked from the result's arrival to the swap)."""
+    for full_steps in (3, None):
+        BridgingShiftTracker.trackers = []
+        factory = factory_with_cache(BridgingShiftTracker)
+        rt = StreamingRuntime(Oracle(0.15), factory, StreamConfig(every_frames=10, catchup_full_steps=full_steps),
+                              query="q")
+        out = paced_run(rt, 90, fps=60.0)
+        assert rt.stats.reasoning_failed == 0, rt.stats.last_error
+        bridges = [e for t in BridgingShiftTracker.trackers for e in t.log if e[0] == "bridge"]
+        assert len(bridges) == rt.stats.catchup_bridged
+        swaps = len(rt.stats.catchup_s)
+        assert swaps >= 3 and len(rt.stats.catchup_lag) == swaps and min(rt.stats.catchup_lag) >= 0
+        if full_steps is None:
+            assert not bridges
+            continue
+        assert rt.stats.catchup_bridged >= 3 * swaps  # ~9-frame backlogs, 3 of them stepped in full
+        assert rt.stats.catchup_bridged <= rt.stats.catchup_frames - 3 * swaps
+        for tracker in BridgingShiftTracker.trackers:
+            if any(kind == "bridge" for kind, _ in tracker.log):
+                last = max(i for i, (kind, _) in enumerate(tracker.log) if kind == "bridge")
+                after = tracker.log[last + 1 : last + 4]  # the newest frames of its catch-up: full steps
+                assert [kind for kind, _ in after] == ["step"] * 3, tracker.log
+        tracked = [r for r in out if r.anchor_index is not None]
+        assert all(np.array_equal(r.mask, expected(r.anchor_index, r.frame.index)) for r in tracked)
+
+
 def test_cadence_waits_for_the_running_step_and_catchup():
     reasoner = Oracle(0.2)
     rt = StreamingRuntime(reasoner, factory_with_cache(), StreamConfig(every_frames=3), query="q")

@@ -25,7 +25,7 @@ from visa_edge.runtime.streaming.images import RAW_ENCODINGS, decode_raw
 
 def test_parameters_are_unique_described_and_typed():
     names = [p.name for p in PARAMETERS]
-    assert len(names) == len(set(names)) == 36
+    assert len(names) == len(set(names)) == 37
     assert all(p.description and type(p.default) in (bool, int, float, str) for p in PARAMETERS)
     assert set(DYNAMIC) <= set(names) and STREAM_DYNAMIC == ("every_frames", "every_seconds", "min_confidence")
 

@@ -91,6 +91,9 @@ class StreamConfig:
     catchup_max_steps: int = _param(64, "tracker steps per catch-up pass; a longer backlog is subsampled", 1)
     catchup_passes: int = _param(8, "catch-up passes before the caught-up tracker is swapped in even with frames "
                                  "still behind", 1)
+    catchup_full_steps: int | None = _param(3, "catch-up bridging: only the newest N frames of a pass are full tracker "
+                                            "steps, the older ones are bridged (the tracker's cheap propagation on "
+                                            "cached features; off: every frame a full step)", 0)
     max_delay_periods: float = _param(2.0, "live sources: a frame that would be published more than this many camera "
                                       "periods after capture is dropped instead of tracked (0: never drop)", 0)
     step_timeout_s: float = _param(60.0, "a reasoner call running longer, s, is reported as hung and its worker "
@@ -261,16 +264,18 @@ class RuntimeStats:
     catchup_frames: int = 0  # frames re-tracked after re-anchoring
     catchup_forced: int = 0  # swaps with frames still behind (out of passes, or nothing published yet)
     catchup_abandoned: int = 0  # catch-ups given up: their steps were slower than the camera (live sources)
+    catchup_bridged: int = 0  # of catchup_frames: bridged (Tracker.bridge) instead of stepped in full
     pasted: int = 0  # first masks published as a naive paste while their catch-up ran
     resets: int = 0
     last_error: str | None = None
     reasoning_s: deque = field(default_factory=lambda: deque(maxlen=256))
     catchup_s: deque = field(default_factory=lambda: deque(maxlen=256))
+    catchup_lag: deque = field(default_factory=lambda: deque(maxlen=256))  # frames tracked live from arrival to swap
 
     def snapshot(self) -> dict:
         """Plain values (safe to call while the runtime runs: deques are copied, not iterated in Python)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("reasoning_s", "catchup_s"):
+        for key in ("reasoning_s", "catchup_s", "catchup_lag"):
             values = list(getattr(self, key))
             d[key] = {"count": len(values), "last": values[-1] if values else None,
                       "p50": float(np.percentile(values, 50)) if values else None}
@@ -849,6 +854,8 @@ class StreamingRuntime:
         camera) or "discarded".
         """
         start = time.monotonic()
+        with self._lock:
+            arrived = self._live_upto
         self._paste_if_nothing_published(epoch, generation, anchor.index, labels, ids, latency)
         shadow = self.tracker_factory()
         upto = anchor.index
@@ -863,9 +870,14 @@ class StreamingRuntime:
                 return "discarded"  # frames after the anchor left the buffer: cannot catch up
             todo = [f for f in self.buffer.after(upto) if f.index <= live_upto]
             picks = subsample(todo, self.config.catchup_max_steps)
-            for frame in picks:
+            bridged = len(picks) - (self.config.catchup_full_steps or len(picks))
+            for k, frame in enumerate(picks):
                 t0 = time.monotonic()
-                out, upto = shadow.step(frame.image, index=frame.index), frame.index
+                if k < bridged:  # the newest frames get full steps: the swapped-in output is a full step's
+                    out, upto = shadow.bridge(frame.image, index=frame.index), frame.index
+                    self.stats.catchup_bridged += 1
+                else:
+                    out, upto = shadow.step(frame.image, index=frame.index), frame.index
                 if len(picks) < len(todo) or not self._features_cached(frame.index):  # subsampled: new flows
                     steps.append(time.monotonic() - t0)  # only uncached steps can be too slow to converge
                 self.stats.catchup_frames += 1
@@ -882,6 +894,7 @@ class StreamingRuntime:
                     if behind:
                         self.stats.catchup_forced += 1
                     latency["catchup"] = time.monotonic() - start
+                    self.stats.catchup_lag.append(self._live_upto - arrived)
                     self._tracker, self._tracker_upto, self._tracker_out, self._tracker_ids = shadow, upto, out, ids
                     self._anchor, self._anchor_latency, self._pasted = anchor.index, latency, False
                     return "swapped"

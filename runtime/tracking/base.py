@@ -82,7 +82,8 @@ class Tracker(ABC):
     XMem's key-encoder output) in a cache keyed by it, so a catch-up tracker re-stepping
     buffered frames does not recompute them; None disables the cache for that frame.
     ``anchor`` restarts from a reference at any time (e.g. the reasoning result for a frame
-    that was already tracked); the frames after it are then stepped again by the caller.
+    that was already tracked); the frames after it are then stepped again by the caller, the
+    older ones possibly with ``bridge`` (a cheaper propagation).
     """
 
     @abstractmethod
@@ -102,3 +103,9 @@ class Tracker(ABC):
         """Restart from ``mask`` at ``frame``; later ``step`` calls propagate from it."""
         self.reset()
         return self.step(frame, mask, objects=objects, index=index)
+
+    def bridge(self, frame: np.ndarray, *, index: int | None = None) -> TrackOutput:
+        """Propagate into ``frame`` as cheaply as the tracker can, for a catch-up frame whose output
+        is not published (the catch-up steps its newest frames in full). The default is a full ``step``;
+        a tracker may reuse only its cached anchor-independent features and skip the rest."""
+        return self.step(frame, index=index)
