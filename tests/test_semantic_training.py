@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import torch
 
+from visa_edge.runtime import scenes
 from visa_edge.runtime.checkpoint import load_state_dict
 from visa_edge.runtime.model import VisaModel
-from visa_edge.training.train import TrainConfig, train
+from visa_edge.runtime.tiny import write_tiny_checkpoint
+from visa_edge.training import token_cache
+from visa_edge.training.samples import WindowSpec, frame_indices
+from visa_edge.training.train import COLOUR_NAMES, TrainConfig, add_position_ramps, train
 
-SHORT = TrainConfig(pool_frames=1, decoder_steps=10, reasoner_steps=6, kinds_steps=4)  # 20 steps, both reasoner phases
+# 24 steps, every phase: decoder, reasoner, kinds (grounded), cached (grounded, 2 cached scenes)
+SHORT = TrainConfig(pool_frames=1, decoder_steps=10, reasoner_steps=6, kinds_steps=4, cached_steps=4, cache_scenes=2,
+                    cached_windows=2, cached_grounded=True, position_ramp=15.0)
 
 
 def test_twenty_training_steps_are_bit_deterministic(tmp_path):
@@ -29,3 +35,40 @@ def test_twenty_training_steps_are_bit_deterministic(tmp_path):
                    for k in changed)
     model = VisaModel.from_pretrained(a.checkpoint, clip=a.clip)  # the real loader takes it
     assert model.llm is not None
+
+
+def test_cached_scene_holds_the_runtime_tokens_and_the_seg_attention_matches_eager(tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path, seed=0)
+    model = VisaModel.from_pretrained(ckpt.checkpoint, clip=ckpt.clip)
+    spec = WindowSpec(n_frames=6)
+    scene = token_cache.cache_scene(model, 3, spec, ("colour_shape", "position"), COLOUR_NAMES)
+    frames = token_cache.window(scene, 5, spec)  # the references + target the streaming window picks
+    assert torch.equal(frames, scene.tokens[frame_indices(5, spec)])
+    assert scene.tokens.shape == (6, model.config.cluster.tokens_per_frame, model.config.hidden_size)
+    with torch.no_grad():
+        pixels = torch.stack([model.clip_preprocess(f) for f in scenes.generate(3, 6, spec.size).frames])
+        assert torch.equal(scene.tokens, model.visual_token_net()(pixels))  # the reasoning step's tokens
+    # every visible object has pixels under some token of its frame, a hidden one under none
+    covered = scene.shares.sum(1) > 0  # [n_frames, n_objects]
+    assert torch.equal(covered, torch.from_numpy(scene.visible))
+    model.llm.set_attn_implementation("eager")
+    x = torch.randn(1, 40, model.config.hidden_size)
+    with torch.no_grad():
+        out = model.llm.model(inputs_embeds=x, output_attentions=True, output_hidden_states=True)
+        row = token_cache.seg_attention(model.llm.model, out.hidden_states[-2][0])
+    assert torch.allclose(row, out.attentions[-1][0, :, -1], atol=1e-6)
+
+
+def test_position_ramps_span_the_patch_grid():
+    layer = torch.nn.Embedding(1 + 16 * 16, 8)
+    tower = torch.nn.Module()
+    tower.embeddings = torch.nn.Module()
+    tower.embeddings.position_embedding = layer
+    before = layer.weight.detach().clone()
+    add_position_ramps(tower, 15.0)
+    delta = (layer.weight - before).detach()
+    assert torch.equal(delta[0], torch.zeros(8))  # CLS untouched
+    grid = delta[1:].reshape(16, 16, 8)
+    assert torch.allclose(grid[:, 0, 0], torch.full((16,), -15.0)) and torch.allclose(grid[:, -1, 0], torch.full((16,), 15.0))
+    assert torch.allclose(grid[0, :, 1], torch.full((16,), -15.0)) and torch.allclose(grid[-1, :, 1], torch.full((16,), 15.0))
+    assert torch.equal(grid[..., 2:], torch.zeros(16, 16, 6))

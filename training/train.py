@@ -50,12 +50,12 @@ from tqdm import tqdm
 from visa_edge.runtime import prompt as vprompt
 from visa_edge.runtime import sam, scenes
 from visa_edge.runtime.checkpoint import load_state_dict, quiet_transformers
-from visa_edge.runtime.clustering import ClusterLevel
 from visa_edge.runtime.llm import expand_image_tokens
 from visa_edge.runtime.model import LLM_PREFIXES, PROJECTOR, SAM, SEG_HEAD, VisaModel
 from visa_edge.runtime.sam import SegMaskDecoder
 from visa_edge.runtime.tiny import TinyCheckpoint, TinySpec, _write_shards, write_tiny_checkpoint
 
+from . import token_cache
 from .samples import HELD_OUT_SEED0, WindowSpec, draw, frame_indices
 
 COLOUR_NAMES = tuple(scenes.COLOURS)
@@ -80,7 +80,15 @@ class TrainConfig:
     kinds_steps: int = 0
     kinds_lr: float = 1e-3
     reasoner_kinds: tuple[str, ...] = ("colour_shape", "ordering", "position")
+    # Optional cached phase (0: off): CLIP and projector frozen, the tokens of ``cache_scenes`` scenes
+    # computed once (training.token_cache), LLaMA + [SEG] head trained on ``reasoner_kinds``.
+    cached_steps: int = 0
+    cached_lr: float = 2e-3
+    cache_scenes: int = 200
+    cached_windows: int = 4  # windows per step, ``queries_per_step`` queries each
+    cached_grounded: bool = False  # + the grounding losses (``token_weight``, ``attn_weight``) on the target frame
     threads: int = 1  # per stage process (two stages in parallel use the 2 cores)
+    position_ramp: float = 0.0  # x and y ramps of this amplitude on two CLIP position-embedding channels (0: none)
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
@@ -170,16 +178,6 @@ class Trainer:
         self.codes = colour_codes(cfg.seed, model.config.out_dim)
         self.rng = np.random.default_rng([cfg.seed, STAGES.index(stage)])  # stages are independent
         self.t0 = time.perf_counter()
-
-    def frame_tokens(self, frames: list[np.ndarray], masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected tokens [F,T,H] of the frames (as ``m.clustering`` + projector give them) and the
-        share [F,T,K] of each object's visible pixels under each token (``masks``: uint8 [F,K,h,w])."""
-        m = self.model
-        pixels = torch.stack([m.clip_preprocess(f) for f in frames])
-        features = m.vision_tower(pixels)
-        levels = m.clustering.levels(features)
-        tokens = m.mm_projector(torch.cat([lv.merged for lv in levels], dim=1).to(features.dtype))
-        return tokens, token_shares(levels, masks)
 
     def seg_and_ce(self, tokens: torch.Tensor, queries: list[str], attend: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
@@ -289,7 +287,8 @@ class Trainer:
             sample, scene = draw(int(self.rng.integers(0, HELD_OUT_SEED0)), self.rng, cfg.window, cfg.queries_per_step,
                                  kinds)
             weight = image_weight(step, steps) if fade else 1.0
-            tokens, shares = self.frame_tokens(sample.frames, scene.masks[frame_indices(sample.target, cfg.window)])
+            window_masks = scene.masks[frame_indices(sample.target, cfg.window)]
+            tokens, shares = token_cache.frame_tokens(self.model, sample.frames, window_masks)
             segs, ce, dense, at_images, attention = self.seg_and_ce(tokens * weight, [q.text for q in sample.queries],
                                                                     grounded)
             target = self.codes[[self.colour_index(scene, q.targets[sample.target]) for q in sample.queries]]
@@ -312,18 +311,48 @@ class Trainer:
                                  + cfg.attn_weight * parts["attention"])
             yield parts
 
-
-def token_shares(levels: list[ClusterLevel], masks: np.ndarray) -> torch.Tensor:
-    """Share [F,T,K] of each object's pixels under each clustered token: the masks' area fraction per
-    CLIP patch, averaged per cluster level after level as the clustering averages the features."""
-    side = math.isqrt(levels[0].assign.shape[1])
-    share = F.interpolate(torch.from_numpy(masks).float(), (side, side), mode="area").flatten(2).transpose(1, 2)
-    out = []
-    for lv in levels:
-        onehot = (lv.assign.unsqueeze(-1) == torch.arange(lv.centers.shape[1])).float()  # [F,N,C]
-        share = (onehot.transpose(1, 2) @ share) / (onehot.sum(1).unsqueeze(-1) + 1e-6)
-        out.append(share)
-    return torch.cat(out, dim=1)
+    def cached_batches(self, kinds: tuple[str, ...], grounded: bool) -> Iterator[dict[str, torch.Tensor]]:
+        """Queries on windows of cached scenes (frozen image tokens): answer cross-entropy + [SEG]
+        embedding (and the head's output after the query words) to the answer's colour code.
+        ``grounded``: + the target frame's tokens' colour codes and the [SEG] position's attention on
+        the answer's tokens there (``token_weight``, ``attn_weight``)."""
+        cfg, m = self.cfg, self.model
+        cache = [token_cache.cache_scene(m, int(self.rng.integers(0, HELD_OUT_SEED0)), cfg.window, kinds, COLOUR_NAMES)
+                 for _ in tqdm(range(cfg.cache_scenes), desc="train-tiny cache", disable=self.log is None)]
+        prompts = {}  # (query text, references) -> (ids, first position after the query words, answer span)
+        scale = (self.codes**2).mean()
+        while True:
+            rows, target, shares, object_codes, answers = [], [], [], [], []
+            for _ in range(cfg.cached_windows):
+                scene = cache[int(self.rng.integers(0, len(cache)))]
+                t = int(self.rng.integers(0, cfg.window.n_frames))
+                tokens = token_cache.window(scene, t, cfg.window)
+                n_refs = tokens.shape[0] - 1  # fewer at the start of a clip
+                for q in token_cache.draw_queries(scene, t, self.rng, cfg.queries_per_step):
+                    if (q.text, n_refs) not in prompts:
+                        prompts[q.text, n_refs] = (m.prompt(q.text, n_refs),
+                                                   query_end(m, q.text, n_refs) + n_refs_tokens(tokens),
+                                                   answer_span(m, q.text, n_refs))
+                    rows.append((tokens, *prompts[q.text, n_refs]))
+                    target.append(scene.colours[q.targets[t]])
+                    shares.append(scene.shares[t])
+                    object_codes.append(self.codes[scene.colours])
+                    answers.append(scene.shares[t][:, q.targets[t]])
+            segs, ce, dense, at_target, attention = token_cache.batch_prompts(m, rows, grounded)
+            codes = self.codes[target]
+            code = ((segs - codes) ** 2).mean() / scale
+            dense_code = torch.stack([((d - c) ** 2).mean() for d, c in zip(dense, codes)]).mean() / scale
+            parts = {"ce": ce, "code": code, "dense_code": dense_code,
+                     "loss": cfg.ce_weight * ce + cfg.code_weight * (code + dense_code)}
+            if grounded:
+                under = torch.stack([s @ c for s, c in zip(shares, object_codes)])  # [B,T,out]
+                parts["token_code"] = ((at_target - under) ** 2).mean() / scale
+                # half the heads look at the answer; the others stay free to read the query words
+                on_answer = (attention[:, : attention.shape[1] // 2] * torch.stack(answers)[:, None]).sum(-1)
+                parts["attention"] = -torch.log(on_answer + 1e-3).mean()
+                parts["loss"] = (parts["loss"] + cfg.token_weight * parts["token_code"]
+                                 + cfg.attn_weight * parts["attention"])
+            yield parts
 
 
 def colour_codes(seed: int, dim: int) -> torch.Tensor:
@@ -352,6 +381,20 @@ def reinit_linear(linear: nn.Linear, std: float = 0.02) -> None:
         linear.bias.zero_()
 
 
+def add_position_ramps(tower: nn.Module, amplitude: float) -> None:
+    """Add x and y ramps (-amplitude..amplitude over the patch grid) to position-embedding channels 0 and 1.
+    The tiny CLIP's random position embeddings (RMS 0.05) vanish next to its patch embeddings (RMS ~7):
+    without the ramps the clustered tokens carry no position (a linear probe finds none)."""
+    if amplitude == 0:
+        return
+    weight = tower.embeddings.position_embedding.weight  # [1 + side*side, C], CLS first
+    side = math.isqrt(weight.shape[0] - 1)
+    ramp = torch.linspace(-amplitude, amplitude, side)
+    with torch.no_grad():
+        weight[1:, 0] += ramp.repeat(side)
+        weight[1:, 1] += ramp.repeat_interleave(side)
+
+
 def stage_parameters(model: VisaModel, stage: str) -> dict[str, nn.Parameter]:
     """The parameters a stage trains, by their name in ``model``."""
     d = "sam.mask_decoder."
@@ -372,6 +415,7 @@ def train_stage(cfg: TrainConfig, ckpt: TinyCheckpoint, stage: str, log_path: Pa
     if stage == "reasoner":
         reinit_llm(model.llm)
         reinit_linear(model.mm_projector)
+        add_position_ramps(model.vision_tower, cfg.position_ramp)
     for p in params.values():
         p.requires_grad_(True)
     trained = list(params.values())
@@ -385,6 +429,9 @@ def train_stage(cfg: TrainConfig, ckpt: TinyCheckpoint, stage: str, log_path: Pa
             model.llm.set_attn_implementation("eager")  # attention weights for the grounding loss
             t.run_stage("kinds", cfg.kinds_steps, cfg.kinds_lr, trained,
                         t.reasoner_batches(cfg.reasoner_kinds, cfg.kinds_steps, False, True))
+            model.llm.set_attn_implementation("sdpa")  # the runtime's (and the first phase's) attention
+            t.run_stage("cached", cfg.cached_steps, cfg.cached_lr, [params[k] for k in params if k.startswith(
+                ("llm.", "text_hidden_fcs."))], t.cached_batches(cfg.reasoner_kinds, cfg.cached_grounded))
     return {k: p.detach().clone() for k, p in params.items()}
 
 
