@@ -23,7 +23,10 @@ colour to segment. Training runs in two stages so that 2 CPU cores suffice:
    kinds above chance in the CPU budget, see training/reproduce.md) adds queries that need
    the images (``reasoner_kinds``) with two grounding losses: every image token's head output
    to the colour code of the object under it, and the [SEG] position's last-layer attention
-   on the answer's tokens.
+   on the answer's tokens. The optional cached phase (``cached_steps``, off by default) trains
+   LLaMA + [SEG] head alone with CLIP and projector frozen: each scene's tokens are computed
+   once (training.token_cache), so a step costs only the LLaMA and thousands of steps fit.
+   ``position_ramp`` adds x/y ramps to CLIP's position embeddings so that tokens carry position.
 
 The stages train disjoint parameters from independent random streams: they run in two
 processes (``workers=2``) with the same result as one after the other.
