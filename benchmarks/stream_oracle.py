@@ -18,6 +18,14 @@ policies computed offline on the same frames:
 Requests of the offline policies follow the runtime's cadence: one at frame 0, the next
 ``every_frames`` frames later or when the previous result arrived, whichever is later.
 
+Where the runtime loses against ideal is reported with it: each swap's catch-up lag (frames the
+live path tracked from the result's arrival to the swap of the caught-up tracker; ideal's is 0)
+and duration, the catch-up's cost per frame against a live step's, how many catch-up frames were
+bridged (``StreamConfig.catchup_full_steps``), and the results swapped in against ideal's
+re-anchorings (the runtime's next request waits for the catch-up, ideal's does not).
+``OracleSettings.unbridged`` also runs the runtime with every catch-up frame a full step
+(policy ``runtime_unbridged``), side by side in the same run.
+
     visa-edge bench --config stream-oracle --out DIR [--davis DIR] [--sequences a,b] [--latencies 0.5,1,2]
 """
 
@@ -56,6 +64,8 @@ class OracleSettings:
     fps: float = 10.0
     every_frames: int = 15
     max_frames: int | None = None  # per sequence (None: all)
+    catchup_full_steps: int | None = StreamConfig.catchup_full_steps  # the runtime's (None: no bridging)
+    unbridged: bool = False  # also run the runtime without bridging (policy "runtime_unbridged")
 
     def __post_init__(self):
         if self.fps <= 0 or self.every_frames < 1 or not self.latencies or min(self.latencies) < 0:
@@ -118,10 +128,12 @@ def offline(seq: Clip, new_tracker: Callable[[], Tracker], anchors: dict[int, tu
     return {"masks": masks, "ages": ages}
 
 
-def runtime_policy(seq: Clip, latency: float, settings: OracleSettings) -> dict:
-    """The StreamingRuntime on the sequence paced at ``settings.fps`` as a live source."""
+def runtime_policy(seq: Clip, latency: float, settings: OracleSettings, bridged: bool = True) -> dict:
+    """The StreamingRuntime on the sequence paced at ``settings.fps`` as a live source (``bridged``:
+    with ``settings.catchup_full_steps``, else every catch-up frame a full step)."""
     trackers = tracker_factory("flow")
-    config = StreamConfig(window=1, references=1, every_frames=settings.every_frames)
+    config = StreamConfig(window=1, references=1, every_frames=settings.every_frames,
+                          catchup_full_steps=settings.catchup_full_steps if bridged else None)
     rt = StreamingRuntime(OracleReasoner(seq.masks, latency), trackers, config, query="oracle")
     frames = [Frame(i, i / settings.fps, img, name) for i, (img, name) in enumerate(zip(seq.frames, seq.names))]
     results: list[FrameResult] = []
@@ -131,6 +143,7 @@ def runtime_policy(seq: Clip, latency: float, settings: OracleSettings) -> dict:
         rt.close(timeout=latency + 30.0)
     period = 1.0 / settings.fps
     cache = getattr(trackers, "cache", None)
+    live = [r.track_s for r in results if r.mask_source == "tracked" and r.track_s > 0]
     return {
         "masks": [r.mask for r in results],
         "ages": [r.anchor_age for r in results],
@@ -141,6 +154,9 @@ def runtime_policy(seq: Clip, latency: float, settings: OracleSettings) -> dict:
         "sources": Counter(r.mask_source for r in results),
         "stats": {k: v for k, v in rt.stats.snapshot().items() if k not in ("last_error",)},
         "cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
+        "catchup_lag": list(rt.stats.catchup_lag),
+        "catchup_s": list(rt.stats.catchup_s),
+        "live_step_s": live,
         "last_error": rt.stats.last_error,
     }
 
@@ -178,7 +194,10 @@ def measure(settings: OracleSettings, log: Callable[[str], None] = print) -> dic
             add(f"naive@{latency:g}", seq, offline(seq, flow, {ta: (t0, False) for t0, ta in pairs}))
             add(f"ideal@{latency:g}", seq, offline(seq, flow, {ta: (t0, True) for t0, ta in pairs}))
             add(f"tracking_only@{latency:g}", seq, offline(seq, flow, {ta: (t0, True) for t0, ta in pairs[:1]}))
-            add(f"runtime@{latency:g}", seq, runtime_policy(seq, latency, settings))
+            add(f"runtime@{latency:g}", seq, {**runtime_policy(seq, latency, settings), "ideal_anchors": len(pairs)})
+            if settings.unbridged:
+                add(f"runtime_unbridged@{latency:g}", seq,
+                    {**runtime_policy(seq, latency, settings, bridged=False), "ideal_anchors": len(pairs)})
     return {"label": LABEL, "settings": {**asdict(settings), "davis": str(settings.davis)}, "sequences": names,
             "policies": {key: summarize_policy(entry, settings) for key, entry in per.items()}}
 
@@ -205,12 +224,27 @@ def summarize_policy(entry: dict, settings: OracleSettings) -> dict:
             "catchup_frames": sum(r["stats"]["catchup_frames"] for r in runs),
             "catchup_forced": sum(r["stats"]["catchup_forced"] for r in runs),
             "catchup_abandoned": sum(r["stats"]["catchup_abandoned"] for r in runs),
+            "catchup_bridged": sum(r["stats"]["catchup_bridged"] for r in runs),
+            "catchup_lag_frames": percentiles([x for r in runs for x in r["catchup_lag"]]),
+            "catchup_ms": percentiles([1000 * x for r in runs for x in r["catchup_s"]]),
+            "catchup_ms_per_frame": 1000 * sum(r["stats"]["catchup_step_s"] for r in runs)
+            / max(sum(r["stats"]["catchup_frames"] for r in runs), 1),
+            "live_step_ms_p50": 1000 * float(np.median([x for r in runs for x in r["live_step_s"]] or [np.nan])),
+            "swapped": sum(len(r["catchup_s"]) for r in runs),
+            "ideal_anchors": sum(r["ideal_anchors"] for r in runs),
             "pasted": sum(r["stats"]["pasted"] for r in runs),
             "feature_cache": None if runs[0]["cache"] is None else
             {k: sum(r["cache"][k] for r in runs) for k in ("hits", "misses")},
             "errors": [r["last_error"] for r in runs if r["last_error"]],
         })
     return out
+
+
+def percentiles(values: list[float]) -> dict | None:
+    """p50 / p99 / max of ``values`` (None when empty)."""
+    if not values:
+        return None
+    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)), "max": float(max(values))}
 
 
 def table(result: dict) -> str:
@@ -229,8 +263,10 @@ def table(result: dict) -> str:
              "ideal": "ideal compensation (catch-up for free)",
              "tracking_from_0": "reference: tracking from frame 0's mask without delay",
              "blocking_l0": "upper bound: blocking, L = 0"}
-    for p in ("runtime", "naive", "tracking_only", "ideal"):
-        rows.append(f"| {names[p]} | " + " | ".join(jf(f"{p}@{x}") for x in lat) + " |")
+    names["runtime_unbridged"] = "streaming runtime, every catch-up frame a full step (no bridging)"
+    for p in ("runtime", "runtime_unbridged", "naive", "tracking_only", "ideal"):
+        if any(f"{p}@{x}" in pol for x in lat):
+            rows.append(f"| {names[p]} | " + " | ".join(jf(f"{p}@{x}") for x in lat) + " |")
     for p in ("tracking_from_0", "blocking_l0"):
         rows.append(f"| {names[p]} | " + " | ".join([jf(p)] * len(lat)) + " |")
     if all(f"{p}@{x}" in pol for p in ("runtime", "ideal", "tracking_only") for x in lat):
@@ -253,4 +289,18 @@ def table(result: dict) -> str:
                     f"{r['frames_late']} | {r['frames_dropped']} | {r['reasoning_completed']} | {r['catchup_forced']} / "
                     f"{r['catchup_abandoned']} | "
                     + ("-" if cache is None else f"{cache['hits']} / {cache['misses']}") + " |")
+    rows += ["", "| catch-up at L | catch-up lag p50 / p99 / max (frames from arrival to swap) | catch-up p50 / p99 ms | "
+             "bridged / catch-up frames | catch-up ms per frame / live step p50 ms | results swapped / ideal anchors |",
+             "|---|---|---|---|---|---|"]
+    for p in ("runtime", "runtime_unbridged"):
+        for x in lat:
+            r = pol.get(f"{p}@{x}")
+            if r is None:
+                continue
+            lag = r["catchup_lag_frames"] or {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+            ms = r["catchup_ms"] or {"p50": float("nan"), "p99": float("nan")}
+            rows.append(f"| {'' if p == 'runtime' else 'unbridged, '}{x} s | {lag['p50']:.0f} / {lag['p99']:.0f} / "
+                        f"{lag['max']:.0f} | {ms['p50']:.0f} / {ms['p99']:.0f} | {r['catchup_bridged']} / "
+                        f"{r['catchup_frames']} | {r['catchup_ms_per_frame']:.1f} / {r['live_step_ms_p50']:.1f} | "
+                        f"{r['swapped']} / {r['ideal_anchors']} |")
     return "\n".join(rows)

@@ -102,7 +102,7 @@ def paced_run(rt: StreamingRuntime, n: int, fps: float, live: bool = False) -> l
 
 def test_catchup_reuses_cached_features_and_equals_stepping_every_frame():
     factory = factory_with_cache()
-    rt = StreamingRuntime(Oracle(0.15), factory, StreamConfig(every_frames=10), query="q")
+    rt = StreamingRuntime(Oracle(0.15), factory, StreamConfig(every_frames=10, catchup_passes=8), query="q")
     out = paced_run(rt, 90, fps=60.0)
     assert rt.stats.reasoning_failed == 0, rt.stats.last_error  # no skipped or repeated frame anywhere
     assert rt.stats.catchup_forced == 0 and rt.stats.reasoning_completed >= 3
@@ -143,8 +143,8 @@ def test_catchup_bridges_all_but_the_newest_frames_and_reports_its_lag():
     for full_steps in (3, None):
         BridgingShiftTracker.trackers = []
         factory = factory_with_cache(BridgingShiftTracker)
-        rt = StreamingRuntime(Oracle(0.15), factory, StreamConfig(every_frames=10, catchup_full_steps=full_steps),
-                              query="q")
+        config = StreamConfig(every_frames=10, catchup_full_steps=full_steps, catchup_passes=8)  # no live jumps
+        rt = StreamingRuntime(Oracle(0.15), factory, config, query="q")
         out = paced_run(rt, 90, fps=60.0)
         assert rt.stats.reasoning_failed == 0, rt.stats.last_error
         bridges = [e for t in BridgingShiftTracker.trackers for e in t.log if e[0] == "bridge"]
@@ -207,7 +207,8 @@ def test_the_live_path_never_waits_for_a_catchup():
     GatedTracker.entered.clear()
     GatedTracker.gate.clear()
     factory = factory_with_cache(GatedTracker)
-    rt = StreamingRuntime(Oracle(0.05), factory, StreamConfig(every_frames=1000), query="q")
+    config = StreamConfig(every_frames=1000, catchup_passes=8)  # passes until caught up: as if stepped all along
+    rt = StreamingRuntime(Oracle(0.05), factory, config, query="q")
     source = iter(frames(250))
     GatedTracker.gate.set()  # the first anchor goes through
     out = [rt.process(next(source))]
@@ -236,6 +237,39 @@ def test_the_live_path_never_waits_for_a_catchup():
     assert tracked and all(np.array_equal(r.mask, expected(r.anchor_index, r.frame.index)) for r in tracked)  # tested below
 
 
+class SlowBridges(BridgingShiftTracker):
+    """Every catch-up propagation costs 30 ms; the live tracker may jump frames."""
+
+    consecutive = False
+
+    def bridge(self, frame, *, index=None):
+        time.sleep(0.03)
+        return super().bridge(frame, index=index)
+
+    def step(self, frame, mask=None, *, objects=None, index=None):
+        if mask is None and threading.current_thread().name.startswith("reasoning"):
+            time.sleep(0.03)
+        return super().step(frame, mask, objects=objects, index=index)
+
+
+def test_by_default_a_catchup_makes_one_pass_and_the_live_tracker_jumps_the_frames_left():
+    """A 0.2 s step at 60 fps: ~12 frames to catch up at 30 ms each, during which ~20 more arrive.
+    One pass (``catchup_passes=1``), then the swap; the live tracker's next step jumps to the newest frame."""
+    BridgingShiftTracker.trackers = []
+    rt = StreamingRuntime(Oracle(0.2), factory_with_cache(SlowBridges), StreamConfig(every_frames=1000), query="q")
+    out = paced_run(rt, 90, fps=60.0)
+    assert rt.stats.reasoning_failed == 0, rt.stats.last_error
+    assert rt.stats.pasted == 1 and rt.stats.catchup_forced == 1 and len(rt.stats.catchup_s) == 1
+    caught = next(t for t in BridgingShiftTracker.trackers if any(kind == "bridge" for kind, _ in t.log))
+    indices = [i for _, i in caught.log]
+    pass_end = next(k for k in range(1, len(indices)) if indices[k] != indices[k - 1] + 1)  # the jump
+    assert rt.stats.catchup_frames == pass_end  # one pass: the frames the live path had tracked at arrival
+    assert [kind for kind, _ in caught.log[:pass_end]] == ["bridge"] * (pass_end - 1) + ["step"]
+    lag = rt.stats.catchup_lag[0]
+    assert indices[pass_end] - indices[pass_end - 1] - 1 >= lag - 2 > 5  # the jump: the frames that arrived meanwhile
+    assert out[-1].anchor_index == 0 and not out[-1].pasted
+
+
 class SlowCatchup(ShiftTracker):
     """Catch-up steps through frames whose features nobody computed yet cost 30 ms each."""
 
@@ -247,7 +281,8 @@ class SlowCatchup(ShiftTracker):
 
 def test_the_first_result_is_pasted_at_once_then_replaced_by_its_catchup():
     reasoner = Oracle(0.2)
-    rt = StreamingRuntime(reasoner, factory_with_cache(SlowCatchup), StreamConfig(every_frames=1000), query="q")
+    config = StreamConfig(every_frames=1000, catchup_passes=8)  # passes until caught up: as if stepped all along
+    rt = StreamingRuntime(reasoner, factory_with_cache(SlowCatchup), config, query="q")
     out = paced_run(rt, 60, fps=60.0)
     assert rt.stats.pasted == 1 and rt.stats.reasoning_failed == 0, rt.stats.last_error
     pasted = [r for r in out if r.pasted]

@@ -6,10 +6,15 @@ pending). Its result for frame t0 arrives later: the worker anchors a fresh trac
 the mask and steps it through the frames the live tracker has already tracked since t0
 ("catch-up", every step with ``index=frame.index`` so it reuses the per-frame features the
 live tracker cached in the factory's ``FeatureCache``), then swaps it in, in O(1) under the
-tracker lock, as soon as it has seen every frame the live tracker has. A pass steps at most
-``catchup_max_steps`` frames (a longer backlog is subsampled, evenly, ending at the newest);
-after ``catchup_passes`` passes the tracker is swapped in anyway (counted as forced; the live
-tracker then jumps over the frames left). While a query is set, the live path also fills the
+tracker lock, as soon as it has seen every frame the live tracker has. Only the newest
+``catchup_full_steps`` frames of a pass are full tracker steps; the older ones are bridged
+(``Tracker.bridge``: the flow tracker only warps its labels along the cached consecutive flow),
+so a catch-up costs a fraction of live tracking. A pass steps at most ``catchup_max_steps``
+frames (a longer backlog is subsampled, evenly, ending at the newest); after ``catchup_passes``
+passes (default 1: straight to the present) the tracker is swapped in anyway (counted as
+forced; the live tracker then jumps over the frames that arrived meanwhile, a step of a few
+frames, rather than publish the older anchor for longer). Each swap records its lag, the
+frames the live path tracked between the result's arrival and the swap (``catchup_lag``). While a query is set, the live path also fills the
 cache for every frame it buffers before any tracker steps it (the factory's ``precompute``,
 when it has one), also while no tracker exists yet: the first result of a stream or query
 catches up on cached features too. For a live source, a catch-up whose steps through uncached
@@ -89,9 +94,9 @@ class StreamConfig:
     confidence_patience: int = _param(3, "consecutive low-confidence frames that trigger reasoning", 1)
     buffer_frames: int = _param(300, "frames kept for reasoning windows and catch-up (bounds memory)", 1)
     catchup_max_steps: int = _param(64, "tracker steps per catch-up pass; a longer backlog is subsampled", 1)
-    catchup_passes: int = _param(8, "catch-up passes before the caught-up tracker is swapped in even with frames "
-                                 "still behind", 1)
-    catchup_full_steps: int | None = _param(3, "catch-up bridging: only the newest N frames of a pass are full tracker "
+    catchup_passes: int = _param(1, "catch-up passes before the caught-up tracker is swapped in even with frames "
+                                 "still behind (the live tracker then jumps them)", 1)
+    catchup_full_steps: int | None = _param(1, "catch-up bridging: only the newest N frames of a pass are full tracker "
                                             "steps, the older ones are bridged (the tracker's cheap propagation on "
                                             "cached features; off: every frame a full step)", 0)
     max_delay_periods: float = _param(2.0, "live sources: a frame that would be published more than this many camera "
@@ -265,6 +270,7 @@ class RuntimeStats:
     catchup_forced: int = 0  # swaps with frames still behind (out of passes, or nothing published yet)
     catchup_abandoned: int = 0  # catch-ups given up: their steps were slower than the camera (live sources)
     catchup_bridged: int = 0  # of catchup_frames: bridged (Tracker.bridge) instead of stepped in full
+    catchup_step_s: float = 0.0  # time in catch-up tracker steps and bridges (/ catchup_frames: cost per frame)
     pasted: int = 0  # first masks published as a naive paste while their catch-up ran
     resets: int = 0
     last_error: str | None = None
@@ -878,6 +884,7 @@ class StreamingRuntime:
                     self.stats.catchup_bridged += 1
                 else:
                     out, upto = shadow.step(frame.image, index=frame.index), frame.index
+                self.stats.catchup_step_s += time.monotonic() - t0
                 if len(picks) < len(todo) or not self._features_cached(frame.index):  # subsampled: new flows
                     steps.append(time.monotonic() - t0)  # only uncached steps can be too slow to converge
                 self.stats.catchup_frames += 1
