@@ -1,28 +1,28 @@
 """The streaming runtime: tracking at camera rate, reasoning re-run asynchronously.
 
-Every frame gets exactly one ``FrameResult``. The live tracker runs on the caller's thread;
-the reasoning step runs on one worker thread (at most one step in flight, at most one request
+Every frame gets exactly one ``FrameResult``. The live tracker runs on the caller's thread; the
+reasoning step runs on one worker thread (at most one step in flight, at most one request
 pending). Its result for frame t0 arrives later: the worker anchors a fresh tracker at t0 with
 the mask and steps it through the frames the live tracker has already tracked since t0
-("catch-up", every step with ``index=frame.index`` so it reuses the per-frame features the
-live tracker cached in the factory's ``FeatureCache``), then swaps it in, in O(1) under the
-tracker lock, as soon as it has seen every frame the live tracker has. Only the newest
+("catch-up", every step with ``index=frame.index`` so it reuses the per-frame features the live
+tracker cached in the factory's ``FeatureCache``), then swaps it in, in O(1) under the tracker
+lock, as soon as it has seen every frame the live tracker has. Only the newest
 ``catchup_full_steps`` frames of a pass are full tracker steps; the older ones are bridged
 (``Tracker.bridge``: the flow tracker only warps its labels along the cached consecutive flow),
 so a catch-up costs a fraction of live tracking. A pass steps at most ``catchup_max_steps``
 frames (a longer backlog is subsampled, evenly, ending at the newest); after ``catchup_passes``
 passes (default 1: straight to the present) the tracker is swapped in anyway (counted as
 forced; the live tracker then jumps over the frames that arrived meanwhile, a step of a few
-frames, rather than publish the older anchor for longer). Each swap records its lag, the
-frames the live path tracked between the result's arrival and the swap (``catchup_lag``). While a query is set, the live path also fills the
-cache for every frame it buffers before any tracker steps it (the factory's ``precompute``,
-when it has one), also while no tracker exists yet: the first result of a stream or query
-catches up on cached features too. For a live source, a catch-up whose steps through uncached
-frames each take a camera period or more cannot converge (the CPU is short): it is abandoned
-and the published tracker kept. Steps through cached frames never count as too slow: the live
-path buffers frames no faster than it tracks them, and a cached step does less than a live one.
-While nothing is published yet (stream start, new query) the result is first pasted on the
-newest frame ("naive"), then replaced once caught up.
+frames, rather than publish the older anchor for longer). Each swap records its lag, the frames
+the live path tracked between the result's arrival and the swap (``catchup_lag``). While a
+query is set, the live path also fills the cache for every frame it buffers before any tracker
+steps it (the factory's ``precompute``, when it has one), also while no tracker exists yet: the
+first result of a stream or query catches up on cached features too. For a live source, a
+catch-up whose steps through uncached frames each take a camera period or more cannot converge
+(the CPU is short): it is abandoned and the published tracker kept. Steps through cached frames
+never count as too slow: the live path buffers frames no faster than it tracks them, and a
+cached step does less than a live one. While nothing is published yet (stream start, new query)
+the result is first pasted on the newest frame ("naive"), then replaced once caught up.
 
 The live path never waits behind a catch-up: the worker steps without holding the lock. For
 a live source (``process(..., live=True)``) a frame that would be published more than

@@ -426,7 +426,8 @@ class FlowTracker(Tracker):
         planes = cv2.remap(self._previous.planes, self._identity_map(h, w) + flow, None, cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0).reshape(self._previous.planes.shape)
         self.counts["bridge"] += 1
-        self._remember(index, _Memory(features.grey, features.lab.astype(np.float32), (planes > 0.5).astype(np.float32)))
+        hard = (planes > 0.5).astype(np.float32)
+        self._remember(index, _Memory(features.grey, features.lab.astype(np.float32), hard))
         full = np.stack([cv2.resize(planes[..., o], self._size[::-1], interpolation=cv2.INTER_LINEAR)
                          for o in range(planes.shape[2])])
         return full, self._confidences
