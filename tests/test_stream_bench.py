@@ -1,10 +1,11 @@
-"""The streaming benchmarks' own logic: the oracle policies' request schedule and a short soak."""
+"""The streaming benchmarks' own logic: the oracle policies' request schedule, the catch-up figures of the
+oracle report, and a short soak."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from visa_edge.benchmarks.stream_oracle import OracleReasoner, schedule
+from visa_edge.benchmarks.stream_oracle import OracleReasoner, OracleSettings, measure, schedule, table
 from visa_edge.benchmarks.stream_soak import SoakSettings, soak
 from visa_edge.runtime.streaming import Frame
 
@@ -21,6 +22,22 @@ def test_the_oracle_returns_the_mask_of_the_frame_asked_about():
     frames = [Frame(i, i / 10, np.zeros((2, 3, 3), np.uint8), str(i)) for i in (0, 3)]
     out = OracleReasoner(masks, 0.0)(frames, "oracle")
     assert np.array_equal(out.mask, masks[3]) and out.timings == {"oracle_sleep": 0.0}
+
+
+def test_the_oracle_report_measures_the_catchup(davis):
+    """16 frames of blackswan, L = 0.5 s (5 frames): one result, arriving at frame ~5, caught up
+    bridged (all but the newest of the ~5 frames behind) and unbridged, side by side."""
+    result = measure(OracleSettings(davis, sequences=("blackswan",), latencies=(0.5,), max_frames=16, unbridged=True),
+                     log=lambda _: None)
+    bridged, unbridged = result["policies"]["runtime@0.5"], result["policies"]["runtime_unbridged@0.5"]
+    for r in (bridged, unbridged):
+        assert r["ideal_anchors"] == 1 and r["anchors_published"] == 1 and r["frames_late"] == 0
+        assert r["catchup_lag_frames"]["p50"] >= 0 and r["catchup_lag_frames"]["p99"] <= 15
+        assert r["catchup_ms_per_frame"] > 0 and r["live_step_ms_p50"] > 0
+    assert bridged["catchup_bridged"] >= 3 and unbridged["catchup_bridged"] == 0
+    assert bridged["J&F"] > result["policies"]["naive@0.5"]["J&F"]
+    text = table(result)
+    assert "catch-up lag p50 / p99 / max" in text and "| unbridged, 0.5 s |" in text
 
 
 def test_a_short_soak_reports_every_fault_and_publishes_every_frame():
