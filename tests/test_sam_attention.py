@@ -45,6 +45,7 @@ def test_blocked_rows_equal_sam_attention(monkeypatch, batch, side, dim, heads, 
     assert list(ours.state_dict()) == list(ref.state_dict())
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # SAM's get_rel_pos sizes are Python numbers
 def test_traced_graph_has_one_softmax_per_attention():
     ours = sam.RelPosAttention(sam_attention(32, 2, 16))
     x = torch.randn(1, 16, 16, 32)
