@@ -11,6 +11,8 @@ from visa_edge.runtime.tracking.factory import tracker_factory
 from visa_edge.runtime.tracking.flow import FlowTracker
 from visa_edge.runtime.vos_metrics import jaccard
 
+from .test_flow_tracker import texture
+
 # IoU between the final mask of a catch-up that bridges every frame but the newest 3 (memory frames
 # are full steps) and that of full steps on every frame, as measured. A camera pan (uniform flow) is
 # bridged exactly; an object moving over a still background is not: DIS smooths the flow across the
@@ -18,12 +20,6 @@ from visa_edge.runtime.vos_metrics import jaccard
 # (on the DAVIS sequences the bridge costs 0.003-0.005 J&F, benchmarks/RESULTS.md).
 PAN_IOU = 0.99
 MOVING_OBJECT_IOU = 0.65
-
-
-def texture(rng: np.random.Generator, h: int, w: int, sigma: float, lo, hi) -> np.ndarray:
-    t = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), sigma)
-    t = (t - t.min()) / (t.max() - t.min())
-    return (np.asarray(lo) + t * (np.asarray(hi) - np.asarray(lo))).astype(np.uint8)
 
 
 def translating_clip(n: int, pan: int, move: int, h: int = 120, w: int = 160, seed: int = 0):
