@@ -3,7 +3,6 @@ comes to stepping every frame in full (IoU on synthetic clips)."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
