@@ -65,6 +65,8 @@ def register(sub) -> None:
     p.add_argument("--latencies", metavar="SECONDS", help="stream-oracle: comma-separated oracle latencies (default 0.5,1,2)")
     p.add_argument("--frames", type=int, help="stream-oracle: frames per sequence (default all); stream-soak: frames "
                    "(default 10000)")
+    p.add_argument("--unbridged", action="store_true", help="stream-oracle: also run the runtime with every catch-up "
+                   "frame a full step (no bridging), side by side in the same run (policy runtime_unbridged)")
     p.set_defaults(func=run)
 
 

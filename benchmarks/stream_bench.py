@@ -56,6 +56,8 @@ def run_stream_bench(args: argparse.Namespace) -> int:
             kw["fps"] = args.rate
         if args.frames:
             kw["max_frames"] = args.frames
+        if args.unbridged:
+            kw["unbridged"] = True
         result = measure(OracleSettings(Path(args.davis), **kw), log)
         text = table(result)
         header = f"Oracle latency compensation ({result['label']}).\nMachine: {note} (at the end of the run)."

@@ -3,9 +3,12 @@ oracle report, and a short soak."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from visa_edge.benchmarks.stream_oracle import OracleReasoner, OracleSettings, measure, schedule, table
+from visa_edge.benchmarks.stream_oracle import OracleReasoner, schedule, table
+from visa_edge.runtime import cli
 from visa_edge.benchmarks.stream_soak import SoakSettings, soak
 from visa_edge.runtime.streaming import Frame
 
@@ -24,11 +27,14 @@ def test_the_oracle_returns_the_mask_of_the_frame_asked_about():
     assert np.array_equal(out.mask, masks[3]) and out.timings == {"oracle_sleep": 0.0}
 
 
-def test_the_oracle_report_measures_the_catchup(davis):
-    """16 frames of blackswan, L = 0.5 s (5 frames): one result, arriving at frame ~5, caught up
-    bridged (all but the newest of the ~5 frames behind) and unbridged, side by side."""
-    result = measure(OracleSettings(davis, sequences=("blackswan",), latencies=(0.5,), max_frames=16, unbridged=True),
-                     log=lambda _: None)
+def test_the_oracle_report_measures_the_catchup(davis, tmp_path):
+    """`visa-edge bench --config stream-oracle --unbridged` on 16 frames of blackswan, L = 0.5 s (5 frames):
+    one result, arriving at frame ~5, caught up bridged (all but the newest of the ~5 frames behind) and
+    unbridged, side by side."""
+    args = ["bench", "--config", "stream-oracle", "--out", str(tmp_path), "--davis", str(davis), "--sequences",
+            "blackswan", "--latencies", "0.5", "--frames", "16", "--unbridged"]
+    assert cli.main(args) == 0
+    result = json.loads((tmp_path / "stream-oracle.json").read_text())
     bridged, unbridged = result["policies"]["runtime@0.5"], result["policies"]["runtime_unbridged@0.5"]
     for r in (bridged, unbridged):
         assert r["ideal_anchors"] == 1 and r["anchors_published"] == 1 and r["frames_late"] == 0
