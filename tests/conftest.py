@@ -12,6 +12,7 @@ with two OpenMP threads each on two cores spend most of their time waiting for e
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,11 @@ def require_dir(path: Path, what: str) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """On an xdist worker: torch threads = this worker's share of the cores (also for the processes it starts)."""
+    """The file-hash cache in a folder of this run (not the user's); on an xdist worker: torch threads =
+    this worker's share of the cores (also for the processes it starts)."""
+    from visa_edge.runtime.backends.hash_cache import CACHE_DIR_ENV
+
+    os.environ.setdefault(CACHE_DIR_ENV, tempfile.mkdtemp(prefix="visa-edge-hash-cache-"))
     worker = getattr(config, "workerinput", None)
     if worker is None or "OMP_NUM_THREADS" in os.environ:
         return

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import DimRange, EngineError, Shape
+from .hash_cache import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "visa-edge-engines"
@@ -190,18 +191,10 @@ def read_manifest(folder: str | Path) -> Manifest:
     return Manifest.from_dict(data, str(path))
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks (engines and weights can be GBs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def source_sha256(path: str | Path) -> str:
     """sha256 of a checkpoint file, or of a folder: over its files' relative paths and sha256s
-    (the hash ``visa-edge export`` records for each source)."""
+    (the hash ``visa-edge export`` records for each source; large files' hashes are remembered by
+    their stat, ``hash_cache``)."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
