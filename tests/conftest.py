@@ -66,7 +66,8 @@ def pytest_configure(config: pytest.Config) -> None:
     this worker's share of the cores (also for the processes it starts)."""
     from visa_edge.runtime.backends.hash_cache import CACHE_DIR_ENV
 
-    os.environ.setdefault(CACHE_DIR_ENV, tempfile.mkdtemp(prefix="visa-edge-hash-cache-"))
+    if CACHE_DIR_ENV not in os.environ:  # set once by the controller; xdist workers inherit it
+        os.environ[CACHE_DIR_ENV] = tempfile.mkdtemp(prefix="visa-edge-hash-cache-")
     worker = getattr(config, "workerinput", None)
     if worker is None or "OMP_NUM_THREADS" in os.environ:
         return
