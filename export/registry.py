@@ -83,10 +83,11 @@ def xmem_working_size(frame_hw: tuple[int, int], shorter_side: int | None) -> tu
 def tracker_networks(xmem: XMemModel, working_size: tuple[int, int], seed: int = 0) -> list[ExportNetwork]:
     """The XMem key encoder, value encoder and decoder at a fixed padded working size (H, W).
 
-    ``xmem`` comes from ``runtime.tracking.xmem.load_xmem``. Every tensor is
-    static (one object, one frame size): engines are built for one camera resolution. The
-    example inputs chain like a tracking step: a synthetic frame, its key-encoder
-    features, the ellipse's mask and random hidden state and memory readout.
+    ``xmem`` comes from ``runtime.tracking.xmem.load_xmem``. The frame size is static
+    (engines are built for one camera resolution); the object axis of the value encoder and
+    decoder is dynamic (``XMEM_NETWORKS``' ``objects``), traced with two objects. The example
+    inputs chain like a tracking step: a synthetic frame, its key-encoder features, the
+    ellipses of two frames as the objects' masks, random hidden states and memory readouts.
     """
     height, width = working_size
     if height % image_ops.STRIDE or width % image_ops.STRIDE:
@@ -98,12 +99,14 @@ def tracker_networks(xmem: XMemModel, working_size: tuple[int, int], seed: int =
         _, _, _, f16, f8, f4 = modules["xmem_key_encoder"](image)
         s8, s4 = modules["xmem_skips"](f8, f4)
     grid = (height // image_ops.STRIDE, width // image_ops.STRIDE)
-    mask = torch.from_numpy(synthetic.ellipse_mask(7, height, width)).float()[None, None]
-    hidden = torch.randn(1, HIDDEN_DIM, *grid, generator=gen)
+    objects = trace_size(XMEM_NETWORKS["xmem_decoder"].dims["objects"])
+    mask = torch.stack([torch.from_numpy(synthetic.ellipse_mask(7 + 3 * k, height, width)).float()[None] for k in range(objects)])
+    hidden = torch.randn(objects, HIDDEN_DIM, *grid, generator=gen)
+    readout = torch.randn(objects, VALUE_DIM, *grid, generator=gen)
     examples = {
         "xmem_key_encoder": {"image": image},
-        "xmem_value_encoder": {"image": image, "mask": mask, "others": torch.zeros_like(mask), "f16": f16, "hidden": hidden},
+        "xmem_value_encoder": {"image": image, "mask": mask, "others": mask.sum(0, keepdim=True) - mask, "f16": f16, "hidden": hidden},
         "xmem_skips": {"f8": f8, "f4": f4},
-        "xmem_decoder": {"f16": f16, "s8": s8, "s4": s4, "readout": torch.randn(1, VALUE_DIM, *grid, generator=gen), "hidden": hidden},
+        "xmem_decoder": {"f16": f16, "s8": s8, "s4": s4, "readout": readout, "hidden": hidden},
     }
     return [ExportNetwork(name, modules[name], XMEM_NETWORKS[name], examples[name], ("xmem",)) for name in XMEM_NETWORKS]

@@ -1,6 +1,7 @@
 """XMem's exportable networks: names, tensor signatures and PyTorch engines.
 
-Shapes (H, W: padded frame size, multiples of 16; h, w = H/16, W/16; O objects):
+Shapes (H, W: padded frame size, multiples of 16; h, w = H/16, W/16; O objects of one object
+group, a dynamic axis named ``objects``, 1..MAX_QUERIES in exported engines):
 
 * ``xmem_key_encoder``: image [1,3,H,W] (normalised) -> key [1,64,h,w], shrinkage [1,1,h,w],
   selection [1,64,h,w], f16 [1,1024,h,w], f8 [1,512,2h,2w], f4 [1,256,4h,4w].
@@ -22,15 +23,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...backends import Engine, TorchEngine
-from ...reasoning_networks import NetworkSpec
+from ...backends import DimRange, Engine, TorchEngine
+from ...reasoning_networks import MAX_QUERIES, NetworkSpec
 from .modules import DecoderSkips, KeyEncoder, KeyProjection, XMemModel
+
+OBJECTS = DimRange(1, 1, MAX_QUERIES)  # objects of one group: a stream tracks one label per query
+_PER_OBJECT = {0: "objects"}
 
 XMEM_NETWORKS: dict[str, NetworkSpec] = {
     "xmem_key_encoder": NetworkSpec(("image",), ("key", "shrinkage", "selection", "f16", "f8", "f4")),
-    "xmem_value_encoder": NetworkSpec(("image", "mask", "others", "f16", "hidden"), ("value", "hidden_out")),
+    "xmem_value_encoder": NetworkSpec(
+        ("image", "mask", "others", "f16", "hidden"),
+        ("value", "hidden_out"),
+        axes={name: _PER_OBJECT for name in ("mask", "others", "hidden", "value", "hidden_out")},
+        dims={"objects": OBJECTS},
+    ),
     "xmem_skips": NetworkSpec(("f8", "f4"), ("s8", "s4")),
-    "xmem_decoder": NetworkSpec(("f16", "s8", "s4", "readout", "hidden"), ("logits", "hidden_out")),
+    "xmem_decoder": NetworkSpec(
+        ("f16", "s8", "s4", "readout", "hidden"),
+        ("logits", "hidden_out"),
+        axes={name: _PER_OBJECT for name in ("readout", "hidden", "logits", "hidden_out")},
+        dims={"objects": OBJECTS},
+    ),
 }
 
 
