@@ -116,7 +116,7 @@ class ReasoningStep:
         self.device = model.device
         self.dtype = model.mm_projector.weight.dtype
         # ``batch`` runs the SAM encoder on all targets in one call off the CPU only: on a CPU it saves
-        # no time (compute-bound; benchmarks/RESULTS.md) and holds every image's global attention at once.
+        # no time (compute-bound: 132 vs 123 ms per window for a batch of 4, benchmarks/RESULTS.md).
         self.batch_sam_encoder = self.device.type != "cpu"
 
     def clip_pixels(self, frames: Sequence[np.ndarray]) -> torch.Tensor:

@@ -879,14 +879,13 @@ class StreamingRuntime:
             bridged = len(picks) - (self.config.catchup_full_steps or len(picks))
             for k, frame in enumerate(picks):
                 t0 = time.monotonic()
-                if k < bridged:  # the newest frames get full steps: the swapped-in output is a full step's
-                    out, upto = shadow.bridge(frame.image, index=frame.index), frame.index
-                    self.stats.catchup_bridged += 1
-                else:
-                    out, upto = shadow.step(frame.image, index=frame.index), frame.index
-                self.stats.catchup_step_s += time.monotonic() - t0
+                bridge = k < bridged  # the newest frames get full steps: the swapped-in output is a full step's
+                out, upto = (shadow.bridge if bridge else shadow.step)(frame.image, index=frame.index), frame.index
+                took = time.monotonic() - t0
+                self.stats.catchup_bridged += int(bridge)
+                self.stats.catchup_step_s += took
                 if len(picks) < len(todo) or not self._features_cached(frame.index):  # subsampled: new flows
-                    steps.append(time.monotonic() - t0)  # only uncached steps can be too slow to converge
+                    steps.append(took)  # only uncached steps can be too slow to converge
                 self.stats.catchup_frames += 1
                 if self._cannot_keep_up(steps):
                     with self._lock:
